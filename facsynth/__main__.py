@@ -1,0 +1,3 @@
+from facsynth.cli import main
+
+main()

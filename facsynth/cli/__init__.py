@@ -1,0 +1,68 @@
+"""The ``facsynth`` command line.
+
+Each verb group lives in its own module (``measure``, ``sae``, ``llm``); this module
+assembles them and is the one place where expected errors become one line on stderr
+and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from rich.console import Console
+
+from facsynth.errors import FacsynthError
+
+app = typer.Typer(
+    name="facsynth",
+    help="Measure and fill the gaps of LLM post-training data in the model's own SAE feature space.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err_console = Console(stderr=True)
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details to stderr.")) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _register() -> None:
+    from facsynth.cli import llm, measure, sae
+
+    measure.register(app)
+    app.add_typer(sae.app, name="sae", help="Import, train and inspect sparse autoencoders.")
+    app.add_typer(llm.app, name="llm", help="The LLM endpoint: run the embedded llama.cpp server.")
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: expected errors print one line and exit non-zero."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except FacsynthError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click's usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            err_console.print("aborted")
+            sys.exit(1)
+        raise
