@@ -1,0 +1,43 @@
+"""facsynth: measure and fill the gaps of LLM post-training data in the model's own feature space.
+
+The Python API mirrors the CLI::
+
+    import facsynth
+    report = facsynth.measure("seed.jsonl", anchor="anchor.jsonl")
+    print(report.at(report.coverage[0].delta).fac)
+
+Heavy modules (torch, transformers) load on first use, not on ``import facsynth``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["measure", "Reader", "MeasureReport", "load_dataset", "load_sae", "load_model", "FacsynthError"]
+
+from facsynth.errors import FacsynthError
+
+if TYPE_CHECKING:
+    from facsynth.tools.datasets import load_dataset
+    from facsynth.tools.measure import MeasureReport, Reader, measure
+    from facsynth.tools.model import load as load_model
+    from facsynth.tools.sae import load_sae
+
+_LAZY = {
+    "measure": ("facsynth.tools.measure", "measure"),
+    "Reader": ("facsynth.tools.measure", "Reader"),
+    "MeasureReport": ("facsynth.tools.measure", "MeasureReport"),
+    "load_dataset": ("facsynth.tools.datasets", "load_dataset"),
+    "load_sae": ("facsynth.tools.sae", "load_sae"),
+    "load_model": ("facsynth.tools.model", "load"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'facsynth' has no attribute {name!r}")
