@@ -211,7 +211,9 @@ def _gguf_cache(source: ModelSource) -> Path:
 def load(spec: str | None = None, *, device: str | None = "cpu", dtype: str = "float32") -> SubjectModel:
     """Load the subject model named by ``spec`` (see the module doc) in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # per-tensor bars flood the CLI; the CLI shows its own status
     if dtype not in DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     source = resolve(spec)
