@@ -1,0 +1,205 @@
+"""The store's tables as typed SQLAlchemy 2.0 declarative models.
+
+These classes describe the schema *as it is after every migration* in
+:mod:`facsynth.db.migrations` has run; the migrations, not these classes, create and
+change tables (``Base.metadata.create_all`` is never called on a real store). A test
+checks that both agree, so a new column means a new migration plus an edit here.
+
+Conventions:
+
+* surrogate integer ``id`` primary keys, natural keys under a unique constraint;
+* hashes are lowercase sha256 hex (``String(64)``);
+* timestamps are UTC, set by Python (``created_at``);
+* binary arrays are little-endian, their dtype documented on the column.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+"""Constraint names, deterministic on every dialect so later migrations can drop or alter
+them by name. Shared with :mod:`facsynth.db.migrations`; never change it."""
+
+OUTCOMES = ("ok", "error", "parse_error", "cached")
+"""Allowed values of ``llm_calls.outcome``."""
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every facsynth table."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Reader(Base):
+    """One measurement identity: which model, layer, SAE and reading modes produced a hit.
+
+    Two readings are comparable only when all seven fields agree; ``key`` is the sha256
+    of them (see :func:`facsynth.db.store.reader_key`).
+    """
+
+    __tablename__ = "readers"
+    __table_args__ = (
+        UniqueConstraint(
+            "model_name",
+            "model_fingerprint",
+            "layer",
+            "sae_name",
+            "sae_hash",
+            "activation_mode",
+            "template_mode",
+            name="uq_readers_identity",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    model_name: Mapped[str] = mapped_column(String(512))
+    model_fingerprint: Mapped[str] = mapped_column(String(64))
+    layer: Mapped[int] = mapped_column(Integer)
+    sae_name: Mapped[str] = mapped_column(String(512))
+    sae_hash: Mapped[str] = mapped_column(String(64))
+    activation_mode: Mapped[str] = mapped_column(String(32))
+    template_mode: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Dataset(Base):
+    """An ordered list of samples, identified by its content (not its name or path)."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    source: Mapped[str] = mapped_column(Text)
+    """Where it was read from (a path or a description); informative only."""
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    """sha256 over the sample hashes in order (see :func:`facsynth.db.store.dataset_hash`)."""
+    n_samples: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Sample(Base):
+    """One sample, shared by every dataset that contains it."""
+
+    __tablename__ = "samples"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sample_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    payload: Mapped[str] = mapped_column(Text)
+    """Canonical JSON text: ``{"text": ...}`` or ``{"messages": [...]}`` plus ``meta``."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DatasetSample(Base):
+    """Link: the sample at ``position`` (0-based) of a dataset."""
+
+    __tablename__ = "dataset_samples"
+    __table_args__ = (Index("ix_dataset_samples_sample_id", "sample_id"),)
+
+    dataset_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sample_id: Mapped[int] = mapped_column(Integer, ForeignKey("samples.id"))
+
+
+class SampleFeatureRow(Base):
+    """One sample's sparse SAE hits under one reader (a stored ``SampleFeatures``).
+
+    Blob encodings (all little-endian, no header; length = ``n_active`` elements):
+
+    * ``feature_ids``: int32, ascending;
+    * ``max_acts``: float32, aligned with ``feature_ids`` (kept at full precision
+      because activation thresholds are compared against it);
+    * ``pooled``: float16 ``[d_model]`` or NULL (values clipped to the float16 range).
+    """
+
+    __tablename__ = "sample_features"
+
+    reader_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("readers.id", ondelete="CASCADE"), primary_key=True
+    )
+    sample_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("samples.id", ondelete="CASCADE"), primary_key=True
+    )
+    n_tokens: Mapped[int] = mapped_column(Integer)
+    feature_ids: Mapped[bytes] = mapped_column(LargeBinary)
+    max_acts: Mapped[bytes] = mapped_column(LargeBinary)
+    pooled: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Feature(Base):
+    """One SAE feature as seen by one reader; catalog columns arrive in later migrations."""
+
+    __tablename__ = "features"
+    __table_args__ = (UniqueConstraint("reader_id", "feature_id", name="uq_features_reader_feature"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reader_id: Mapped[int] = mapped_column(Integer, ForeignKey("readers.id", ondelete="CASCADE"))
+    feature_id: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LLMCall(Base):
+    """One call to an LLM endpoint (or a cache hit standing in for one).
+
+    ``error`` is redacted before it is stored; no secret ever reaches this table.
+    """
+
+    __tablename__ = "llm_calls"
+    __table_args__ = (
+        CheckConstraint("outcome IN ('ok', 'error', 'parse_error', 'cached')", name="outcome"),
+        Index("ix_llm_calls_run_id", "run_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    purpose: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(255))
+    prompt_hash: Mapped[str] = mapped_column(String(64))
+    tokens_in: Mapped[int] = mapped_column(Integer)
+    tokens_out: Mapped[int] = mapped_column(Integer)
+    latency_s: Mapped[float] = mapped_column(Float)
+    outcome: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class LLMCacheEntry(Base):
+    """A cached LLM reply, keyed by the sha256 of everything that determines it."""
+
+    __tablename__ = "llm_cache"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(255))
+    response: Mapped[str] = mapped_column(Text)
+    """The serialized reply (JSON text as the caller wrote it)."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
