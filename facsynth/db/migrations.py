@@ -220,3 +220,126 @@ def m001_initial(conn: Connection) -> None:
         created(),
     )
     md.create_all(conn)
+
+
+@migration
+def m002_catalog(conn: Connection) -> None:
+    """The feature catalog: span collections, feature stats and spans, explanations, tasks, relevance."""
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    # the tables m002 points at, described only to resolve the foreign keys (not created here)
+    Table("readers", md, Column("id", Integer, primary_key=True))
+    Table("datasets", md, Column("id", Integer, primary_key=True))
+    Table("samples", md, Column("id", Integer, primary_key=True))
+
+    def created() -> Column[datetime]:
+        return Column("created_at", DateTime(timezone=True), nullable=False)
+
+    def reader_fk() -> Column[int]:
+        return Column("reader_id", Integer, ForeignKey("readers.id", ondelete="CASCADE"), nullable=False)
+
+    def dataset_fk() -> Column[int]:
+        return Column("dataset_id", Integer, ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False)
+
+    new = [
+        Table(
+            "span_collections",
+            md,
+            Column("id", Integer, primary_key=True),
+            reader_fk(),
+            dataset_fk(),
+            Column("top_n", Integer, nullable=False),
+            Column("window", Integer, nullable=False),
+            Column("held_out", Integer, nullable=False),
+            Column("n_random", Integer, nullable=False),
+            Column("delta", Float, nullable=False),
+            Column("seed", Integer, nullable=False),
+            Column("n_samples", Integer, nullable=False),
+            Column("n_features", Integer, nullable=False),
+            created(),
+            UniqueConstraint("reader_id", "dataset_id", name="uq_span_collections_reader_dataset"),
+        ),
+        Table(
+            "feature_stats",
+            md,
+            Column("id", Integer, primary_key=True),
+            reader_fk(),
+            dataset_fk(),
+            Column("feature_id", Integer, nullable=False),
+            Column("n_samples", Integer, nullable=False),
+            Column("active_count", Integer, nullable=False),
+            Column("frequency", Float, nullable=False),
+            Column("max_act", Float, nullable=False),
+            Column("quantiles", Text, nullable=False),
+            created(),
+            UniqueConstraint("reader_id", "dataset_id", "feature_id", name="uq_feature_stats_reader_dataset_feature"),
+        ),
+        Table(
+            "feature_spans",
+            md,
+            Column("id", Integer, primary_key=True),
+            reader_fk(),
+            dataset_fk(),
+            Column("feature_id", Integer, nullable=True),
+            Column("kind", String(16), nullable=False),
+            Column("rank", Integer, nullable=False),
+            Column("sample_id", Integer, ForeignKey("samples.id", ondelete="CASCADE"), nullable=False),
+            Column("activation", Float, nullable=False),
+            Column("peak_token", Integer, nullable=False),
+            Column("tokens", Text, nullable=False),
+            Column("acts", Text, nullable=False),
+            Column("text", Text, nullable=False),
+            CheckConstraint("kind IN ('top', 'held_out', 'random')", name="kind"),
+            Index("ix_feature_spans_reader_id_dataset_id_feature_id", "reader_id", "dataset_id", "feature_id"),
+        ),
+        Table(
+            "explanations",
+            md,
+            Column("id", Integer, primary_key=True),
+            reader_fk(),
+            Column("feature_id", Integer, nullable=False),
+            Column("dataset_id", Integer, ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True),
+            Column("text", Text, nullable=False),
+            Column("words", Text, nullable=True),
+            Column("explainer_model", String(255), nullable=False),
+            Column("check_label", String(16), nullable=True),
+            Column("check_model", String(255), nullable=True),
+            Column("detection_score", Float, nullable=True),
+            Column("detection_n", Integer, nullable=True),
+            Column("detection_model", String(255), nullable=True),
+            created(),
+            UniqueConstraint("reader_id", "feature_id", name="uq_explanations_reader_feature"),
+            CheckConstraint(
+                "check_label IS NULL OR check_label IN ('Yes', 'Probably', 'Maybe', 'No')", name="check_label"
+            ),
+        ),
+        Table(
+            "tasks",
+            md,
+            Column("id", Integer, primary_key=True),
+            Column("name", String(128), nullable=False, unique=True),
+            Column("definition", Text, nullable=False),
+            Column("criteria", Text, nullable=False),
+            Column("format", Text, nullable=True),
+            Column("source", String(512), nullable=False),
+            created(),
+        ),
+        Table(
+            "relevance",
+            md,
+            Column("id", Integer, primary_key=True),
+            reader_fk(),
+            Column("feature_id", Integer, nullable=False),
+            Column("task_id", Integer, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+            Column("method", String(16), nullable=False),
+            Column("label", String(16), nullable=False),
+            Column("analysis", Text, nullable=False),
+            Column("score", Float, nullable=True),
+            Column("model", String(255), nullable=True),
+            created(),
+            UniqueConstraint("reader_id", "feature_id", "task_id", "method", name="uq_relevance_reader_feature_task_method"),
+            CheckConstraint("label IN ('Yes', 'Probably', 'Maybe', 'No')", name="label"),
+            CheckConstraint("method IN ('llm_judge', 'contrast', 'import')", name="method"),
+        ),
+    ]
+    for table in new:
+        table.create(conn)

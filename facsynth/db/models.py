@@ -44,6 +44,12 @@ them by name. Shared with :mod:`facsynth.db.migrations`; never change it."""
 
 OUTCOMES = ("ok", "error", "parse_error", "cached")
 """Allowed values of ``llm_calls.outcome``."""
+LABELS = ("Yes", "Probably", "Maybe", "No")
+"""The judges' scale (explanation check and task relevance), strongest first."""
+SPAN_KINDS = ("top", "held_out", "random")
+"""``feature_spans.kind``: explanation spans, held-out activating spans, random context spans."""
+RELEVANCE_METHODS = ("llm_judge", "contrast", "import")
+"""How a relevance row was decided (``relevance.method``)."""
 
 
 def utcnow() -> datetime:
@@ -202,4 +208,149 @@ class LLMCacheEntry(Base):
     model: Mapped[str] = mapped_column(String(255))
     response: Mapped[str] = mapped_column(Text)
     """The serialized reply (JSON text as the caller wrote it)."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SpanCollection(Base):
+    """One span collection over a corpus: its parameters (one per reader and dataset)."""
+
+    __tablename__ = "span_collections"
+    __table_args__ = (UniqueConstraint("reader_id", "dataset_id", name="uq_span_collections_reader_dataset"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reader_id: Mapped[int] = mapped_column(Integer, ForeignKey("readers.id", ondelete="CASCADE"))
+    dataset_id: Mapped[int] = mapped_column(Integer, ForeignKey("datasets.id", ondelete="CASCADE"))
+    top_n: Mapped[int] = mapped_column(Integer)
+    window: Mapped[int] = mapped_column(Integer)
+    held_out: Mapped[int] = mapped_column(Integer)
+    n_random: Mapped[int] = mapped_column(Integer)
+    delta: Mapped[float] = mapped_column(Float)
+    seed: Mapped[int] = mapped_column(Integer)
+    n_samples: Mapped[int] = mapped_column(Integer)
+    n_features: Mapped[int] = mapped_column(Integer)
+    """Features active on at least one sample of the corpus."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FeatureStatsRow(Base):
+    """How often one feature fires on one corpus, and how strongly (features that never fire are absent)."""
+
+    __tablename__ = "feature_stats"
+    __table_args__ = (
+        UniqueConstraint("reader_id", "dataset_id", "feature_id", name="uq_feature_stats_reader_dataset_feature"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reader_id: Mapped[int] = mapped_column(Integer, ForeignKey("readers.id", ondelete="CASCADE"))
+    dataset_id: Mapped[int] = mapped_column(Integer, ForeignKey("datasets.id", ondelete="CASCADE"))
+    feature_id: Mapped[int] = mapped_column(Integer)
+    n_samples: Mapped[int] = mapped_column(Integer)
+    active_count: Mapped[int] = mapped_column(Integer)
+    """Samples with a_i(x) > delta (the collection's delta)."""
+    frequency: Mapped[float] = mapped_column(Float)
+    """active_count / n_samples."""
+    max_act: Mapped[float] = mapped_column(Float)
+    quantiles: Mapped[str] = mapped_column(Text)
+    """JSON object ``{"0.5": v, "0.9": v, ...}``: quantiles of a_i(x) over the samples where it is active."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FeatureSpan(Base):
+    """A span of up to W content tokens of one sample.
+
+    ``top`` / ``held_out`` spans end at the feature's peak token; ``random`` spans (the
+    context pool the detection scorer draws non-activating examples from) end anywhere
+    and have no feature (``feature_id`` NULL).
+    """
+
+    __tablename__ = "feature_spans"
+    __table_args__ = (
+        CheckConstraint("kind IN ('top', 'held_out', 'random')", name="kind"),
+        Index("ix_feature_spans_reader_id_dataset_id_feature_id", "reader_id", "dataset_id", "feature_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reader_id: Mapped[int] = mapped_column(Integer, ForeignKey("readers.id", ondelete="CASCADE"))
+    dataset_id: Mapped[int] = mapped_column(Integer, ForeignKey("datasets.id", ondelete="CASCADE"))
+    feature_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    rank: Mapped[int] = mapped_column(Integer)
+    """0-based: the strongest sample first (held-out spans continue after the top ones)."""
+    sample_id: Mapped[int] = mapped_column(Integer, ForeignKey("samples.id", ondelete="CASCADE"))
+    activation: Mapped[float] = mapped_column(Float)
+    """a_i(x) at the peak token (0 for random spans)."""
+    peak_token: Mapped[int] = mapped_column(Integer)
+    """Index of the span's last token among the sample's content tokens."""
+    tokens: Mapped[str] = mapped_column(Text)
+    """JSON list of the span's token strings (concatenated they give ``text``)."""
+    acts: Mapped[str] = mapped_column(Text)
+    """JSON list of the feature's activation on each span token (empty for random spans)."""
+    text: Mapped[str] = mapped_column(Text)
+
+
+class ExplanationRow(Base):
+    """A feature's one-line explanation (or ``Cannot tell``) and the scores of that explanation."""
+
+    __tablename__ = "explanations"
+    __table_args__ = (
+        UniqueConstraint("reader_id", "feature_id", name="uq_explanations_reader_feature"),
+        CheckConstraint("check_label IS NULL OR check_label IN ('Yes', 'Probably', 'Maybe', 'No')", name="check_label"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reader_id: Mapped[int] = mapped_column(Integer, ForeignKey("readers.id", ondelete="CASCADE"))
+    feature_id: Mapped[int] = mapped_column(Integer)
+    dataset_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True)
+    """The corpus whose spans the explainer read (NULL when imported)."""
+    text: Mapped[str] = mapped_column(Text)
+    words: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """JSON list of the feature's peak tokens on its top spans (the authors' ``Words``)."""
+    explainer_model: Mapped[str] = mapped_column(String(255))
+    check_label: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    check_model: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    detection_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """Balanced accuracy of a judge sorting held-out activating and random spans by the explanation."""
+    detection_n: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """Spans the detection judge sorted."""
+    detection_model: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TaskRow(Base):
+    """A task: what makes data relevant to it (presets and user-defined ones)."""
+
+    __tablename__ = "tasks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    definition: Mapped[str] = mapped_column(Text)
+    criteria: Mapped[str] = mapped_column(Text)
+    format: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """JSON: the sample format synthesis should produce for this task."""
+    source: Mapped[str] = mapped_column(String(512))
+    """``preset`` or the file the task was read from."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RelevanceRow(Base):
+    """Whether one feature matters for one task, decided by one method."""
+
+    __tablename__ = "relevance"
+    __table_args__ = (
+        UniqueConstraint("reader_id", "feature_id", "task_id", "method", name="uq_relevance_reader_feature_task_method"),
+        CheckConstraint("label IN ('Yes', 'Probably', 'Maybe', 'No')", name="label"),
+        CheckConstraint("method IN ('llm_judge', 'contrast', 'import')", name="method"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reader_id: Mapped[int] = mapped_column(Integer, ForeignKey("readers.id", ondelete="CASCADE"))
+    feature_id: Mapped[int] = mapped_column(Integer)
+    task_id: Mapped[int] = mapped_column(Integer, ForeignKey("tasks.id", ondelete="CASCADE"))
+    method: Mapped[str] = mapped_column(String(16))
+    label: Mapped[str] = mapped_column(String(16))
+    analysis: Mapped[str] = mapped_column(Text)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """``contrast``: AUROC of the feature's max activation, task-positive vs other samples."""
+    model: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    """The judge model (``llm_judge``), else NULL."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

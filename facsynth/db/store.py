@@ -287,7 +287,7 @@ class Store:
 
     >>> store = Store("sqlite://")          # in memory
     >>> store.schema_version()
-    ['m001_initial']
+    ['m001_initial', 'm002_catalog']
     """
 
     def __init__(self, url_or_engine: str | Engine) -> None:

@@ -134,6 +134,27 @@ def test_in_memory_schema_has_every_table_and_column() -> None:
             "latency_s", "outcome", "error",
         },
         "llm_cache": {"key", "model", "response", "created_at"},
+        # m002_catalog (the catalog's own tests are in test_catalog.py)
+        "span_collections": {
+            "id", "reader_id", "dataset_id", "top_n", "window", "held_out", "n_random", "delta", "seed",
+            "n_samples", "n_features", "created_at",
+        },
+        "feature_stats": {
+            "id", "reader_id", "dataset_id", "feature_id", "n_samples", "active_count", "frequency", "max_act",
+            "quantiles", "created_at",
+        },
+        "feature_spans": {
+            "id", "reader_id", "dataset_id", "feature_id", "kind", "rank", "sample_id", "activation", "peak_token",
+            "tokens", "acts", "text",
+        },
+        "explanations": {
+            "id", "reader_id", "feature_id", "dataset_id", "text", "words", "explainer_model", "check_label",
+            "check_model", "detection_score", "detection_n", "detection_model", "created_at",
+        },
+        "tasks": {"id", "name", "definition", "criteria", "format", "source", "created_at"},
+        "relevance": {
+            "id", "reader_id", "feature_id", "task_id", "method", "label", "analysis", "score", "model", "created_at",
+        },
     }
     assert set(insp.get_table_names()) == set(expected)
     for table, columns in expected.items():
@@ -143,10 +164,12 @@ def test_in_memory_schema_has_every_table_and_column() -> None:
     unique = {tuple(u["column_names"]) for u in insp.get_unique_constraints("readers")}
     assert ("key",) in unique
     assert tuple(READER_FIELDS) in unique
-    assert store.schema_version() == ["m001_initial"]
+    assert store.schema_version() == ALL_MIGRATIONS
     with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM _migrations")).scalar_one() == 1
+        assert conn.execute(text("SELECT count(*) FROM _migrations")).scalar_one() == len(ALL_MIGRATIONS)
 
+
+ALL_MIGRATIONS = [fn.__name__ for fn in migrations.MIGRATIONS]
 
 READER_FIELDS = [
     "model_name", "model_fingerprint", "layer", "sae_name", "sae_hash", "activation_mode", "template_mode",
@@ -165,15 +188,16 @@ def test_models_match_migrated_schema(store: Store) -> None:
 def test_reopening_does_not_reapply_migrations(sqlite_file_url: str) -> None:
     first = Store(sqlite_file_url)
     with first.engine.connect() as conn:
-        applied_at = conn.execute(text("SELECT applied_at FROM _migrations")).scalar_one()
+        applied = conn.execute(text("SELECT name, applied_at FROM _migrations ORDER BY name")).all()
     reader_id = first.reader(*READER)
     first.close()
 
     again = Store(sqlite_file_url)
     assert migrate(again.engine) == []
     with again.engine.connect() as conn:
-        rows = conn.execute(text("SELECT name, applied_at FROM _migrations")).all()
-    assert [tuple(r) for r in rows] == [("m001_initial", applied_at)]
+        rows = conn.execute(text("SELECT name, applied_at FROM _migrations ORDER BY name")).all()
+    assert [tuple(r) for r in rows] == [tuple(r) for r in applied]
+    assert [r[0] for r in rows] == ALL_MIGRATIONS
     assert again.reader(*READER) == reader_id  # data survived
     again.close()
 
@@ -212,8 +236,8 @@ def test_concurrent_first_opens_migrate_once(fresh_target: str | Engine) -> None
     for t in threads:
         t.join()
     assert errors == []
-    assert all(s.schema_version() == ["m001_initial"] for s in stores)
-    assert _count(stores[0], "_migrations") == 1
+    assert all(s.schema_version() == ALL_MIGRATIONS for s in stores)
+    assert _count(stores[0], "_migrations") == len(ALL_MIGRATIONS)
     for s in stores:
         s.close()
 
