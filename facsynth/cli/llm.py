@@ -1,7 +1,49 @@
-"""``facsynth llm ...``: the LLM endpoint."""
+"""``facsynth llm ...``: the LLM endpoint.
+
+``facsynth llm serve`` runs the embedded llama.cpp server (the bundled SmolLM2-135M GGUF
+unless ``--model`` names another) for other tools, prints its base URL(s) and serves
+until Ctrl-C; the server processes stop with it.
+"""
 
 from __future__ import annotations
 
+import time
+
 import typer
+from rich.console import Console
 
 app = typer.Typer(no_args_is_help=True)
+console = Console(stderr=True)  # stdout carries only the base URLs
+
+
+@app.callback()
+def _llm() -> None:
+    """The LLM endpoint facsynth talks to."""
+
+
+@app.command("serve")
+def serve_command(
+    port: int | None = typer.Option(None, "--port", "-p", help="Port of the first instance (default: a free one)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="GGUF file or model alias (default: bundled SmolLM2-135M-Instruct)."),
+    alias: str = typer.Option("smollm2-135m-instruct", "--alias", help="Model name the server answers to."),
+    instances: int = typer.Option(1, "--instances", "-n", min=1, max=16, help="Server processes (each answers one request at a time)."),
+    threads: int = typer.Option(1, "--threads", "-t", min=1, help="CPU threads per instance (1 unless the machine is otherwise idle)."),
+    n_ctx: int = typer.Option(2048, "--n-ctx", min=128, help="Context window per instance, in tokens."),
+) -> None:
+    """Run llama.cpp's OpenAI-compatible server on 127.0.0.1 until Ctrl-C."""
+    from facsynth.agent.server import EmbeddedServer, ServerConfig
+
+    cfg = ServerConfig(gguf=model, instances=instances, threads_per_instance=threads, n_ctx=n_ctx)
+    server = EmbeddedServer(cfg, model_alias=alias, port=port)
+    with console.status("starting llama.cpp server"):
+        server.start()
+    try:
+        console.print(f"model [bold]{alias}[/] ({instances} instance(s)); base URL(s), OpenAI-compatible:", highlight=False)
+        for url in server.base_urls:
+            typer.echo(url)
+        console.print("Ctrl-C stops the server.", style="dim")
+        while True:
+            time.sleep(0.5)
+            server.check_alive()
+    finally:
+        server.stop()
