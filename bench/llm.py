@@ -9,6 +9,9 @@ real SQLite store, cache lookups), so the figures are what facsynth's own calls 
 - ``c1`` and ``cN``: the same prompts (the shipped demo prompts, temperature 0) at
   concurrency 1 and at ``--concurrency``, alternated ``--rounds`` times with the cache
   bypassed; the median of each is reported.
+  The CPU time the server processes used per wall second (``server_cores_used``) shows
+  how much of the machine the runs actually got: on a shared box the speedup is bounded
+  by the cores other work leaves free, not by facsynth.
 - ``cache``: one run at ``--concurrency`` that fills a fresh store's cache, then a new
   client on that store (a re-run) asks again; its HTTP requests are counted at the
   transport and must be zero.
@@ -45,6 +48,18 @@ def load_prompts(n: int) -> list[str]:
     return [lines[(i * step) % len(lines)] for i in range(n)]
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of the server processes so far (Linux /proc; NaN elsewhere)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 async def run_all(client: LLMClient, prompts: list[str], *, cache: bool) -> float:
     """Seconds to answer every prompt (the client's semaphore bounds concurrency)."""
     start = time.perf_counter()
@@ -76,6 +91,7 @@ def main() -> None:
         return store
 
     rates: dict[int, list[float]] = {1: [], args.concurrency: []}
+    cores: dict[int, list[float]] = {1: [], args.concurrency: []}  # server CPU seconds per wall second
     tokens: dict[int, int] = {}
     try:
         with EmbeddedServer(server_cfg, model_alias=base.model) as server:
@@ -89,10 +105,14 @@ def main() -> None:
             for _ in range(args.rounds):
                 for concurrency, measured in rates.items():
                     c = client(concurrency, fresh_store())
+                    cpu = cpu_seconds(server.pids)
                     seconds = asyncio.run(run_all(c, prompts, cache=False))
+                    cpu = cpu_seconds(server.pids) - cpu
                     measured.append(len(prompts) / seconds)
+                    cores[concurrency].append(cpu / seconds)
                     tokens[concurrency] = c.stats.tokens_out
-                    print(f"c{concurrency}: {len(prompts)} calls in {seconds:.2f} s, {c.stats.tokens_out} tokens out",
+                    print(f"c{concurrency}: {len(prompts)} calls in {seconds:.2f} s, {c.stats.tokens_out} tokens out, "
+                          f"server CPU {cpu:.2f} s ({cpu / seconds:.2f} cores), load {os.getloadavg()[0]:.2f}",
                           file=sys.stderr)
 
             store = fresh_store()
@@ -116,6 +136,8 @@ def main() -> None:
     print(f"calls_per_s_c{args.concurrency}={cn:.2f}")
     print(f"calls_per_s_cN={cn:.2f}")
     print(f"speedup={cn / c1:.2f}")
+    print(f"server_cores_used_c1={statistics.median(cores[1]):.2f}")
+    print(f"server_cores_used_cN={statistics.median(cores[args.concurrency]):.2f}")
     print(f"cache_fill_s={first_s:.2f}")
     print(f"cache_rerun_s={rerun_s:.3f}")
     print(f"cache_rerun_cached_calls={totals['by_outcome']['cached']}")
