@@ -36,12 +36,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from facsynth.errors import LLMError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +139,7 @@ class EmbeddedServer:
     def running(self) -> bool:
         return bool(self._instances) and all(inst.process.poll() is None for inst in self._instances)
 
-    def start(self) -> EmbeddedServer:
+    def start(self) -> Self:
         """Start every instance and wait until each answers; on any failure stop them all."""
         with self._lock:
             if self._instances:
@@ -179,7 +182,7 @@ class EmbeddedServer:
             if inst.process.poll() is not None:
                 raise LLMError(f"the embedded LLM server on port {inst.port} exited: {_last_line(inst.log_file)}")
 
-    def __enter__(self) -> EmbeddedServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:

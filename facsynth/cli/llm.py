@@ -2,7 +2,8 @@
 
 ``facsynth llm serve`` runs the embedded llama.cpp server (the bundled SmolLM2-135M GGUF
 unless ``--model`` names another) for other tools, prints its base URL(s) and serves
-until Ctrl-C; the server processes stop with it.
+until Ctrl-C; the server processes stop with it. ``facsynth llm totals`` reports the LLM
+calls recorded in the store.
 """
 
 from __future__ import annotations
@@ -47,3 +48,28 @@ def serve_command(
             server.check_alive()
     finally:
         server.stop()
+
+
+@app.command("totals")
+def totals_command(
+    db: str | None = typer.Option(None, "--db", help="SQLAlchemy URL of the store (default: $FACSYNTH_DB or sqlite:///facsynth.db)."),
+    run: str | None = typer.Option(None, "--run", help="Only the calls of this run id."),
+) -> None:
+    """LLM calls recorded in the store: counts by outcome, tokens, latency."""
+    from rich.table import Table
+
+    from facsynth.db import open_store
+
+    store = open_store(db)
+    try:
+        totals = store.llm_totals(run)
+    finally:
+        store.close()
+    table = Table(title=f"LLM calls{f' of run {run}' if run else ''}", caption=store.url, show_header=False)
+    table.add_row("calls", str(totals["calls"]))
+    for outcome, n in totals["by_outcome"].items():
+        table.add_row(f"  {outcome}", str(n))
+    table.add_row("tokens in", str(totals["tokens_in"]))
+    table.add_row("tokens out", str(totals["tokens_out"]))
+    table.add_row("latency (s)", f"{totals['latency_s']:.1f}")
+    Console().print(table)

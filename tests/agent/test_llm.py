@@ -308,6 +308,20 @@ def test_remote_endpoint_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
     make_chat_model(LLMConfig(base_url="http://localhost:1/v1", api_key_env="FACSYNTH_NO_SUCH_KEY"))  # loopback: fine
 
 
+def test_cli_reports_totals(fake_llm: FakeOpenAI, store: Any) -> None:
+    from typer.testing import CliRunner
+
+    from facsynth.cli import app
+
+    client = LLMClient(fast(fake_llm.url), store=store)
+    client.invoke("hi", purpose="cli", run_id="run-1")
+    client.invoke("hi", purpose="cli", run_id="run-2")  # served from the cache
+    result = CliRunner().invoke(app, ["llm", "totals", "--db", str(store.engine.url), "--run", "run-2"])
+    assert result.exit_code == 0, result.output
+    lines = {line.strip("│ ").split("│")[0].strip(): line.split("│")[-2].strip() for line in result.output.splitlines() if "│" in line}
+    assert lines["calls"] == "1" and lines["cached"] == "1" and lines["ok"] == "0"
+
+
 # -- pure parts ---------------------------------------------------------------------------------
 
 
