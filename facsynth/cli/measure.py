@@ -19,6 +19,7 @@ def measure_command(
     data: Path = typer.Argument(..., help="JSONL (text or messages), CSV/TSV, plain text (one sample a line) or a saved HF dataset dir."),
     anchor: Optional[Path] = typer.Option(None, "--anchor", "-a", help="Anchor corpus: F = features active on it; the report lists what DATA misses."),
     features: Optional[Path] = typer.Option(None, "--features", "-f", help="File of feature ids (one a line, JSON list, or TSV with FeatureID)."),
+    task_name: Optional[str] = typer.Option(None, "--task", "-t", help="F = the task's relevant features in the store (see `facsynth features`); with --anchor, those that fire on it."),
     delta: Optional[list[float]] = typer.Option(None, "--delta", "-d", help="Activation threshold; repeat for a sweep in one pass. Default: the SAE's recommended delta."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report (with missing ids and per-feature stats) as JSON."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Subject model: hub id, model dir, .gguf file. Default: bundled SmolLM2-135M-Instruct."),
@@ -46,6 +47,8 @@ def measure_command(
     data_ds = load_dataset(data, limit=limit)
     anchor_ds = load_dataset(anchor, limit=limit) if anchor is not None else None
     feature_ids = read_feature_ids(features) if features is not None else None
+    if task_name is not None and features is not None:
+        raise InputError("give either --task or --features, not both")
     with console.status("loading model and SAE"):
         reader = Reader(
             model, sae, layer, activation=activation, device=device, dtype=dtype,  # type: ignore[arg-type]
@@ -64,7 +67,9 @@ def measure_command(
             elapsed = bar.tasks[0].elapsed or 1e-9
             bar.update(task, advance=n, tps=tokens[0] / elapsed)
 
-        report = measure(data_ds, anchor=anchor_ds, features=feature_ids, deltas=delta, reader=reader, progress=progress)
+        report = measure(
+            data_ds, anchor=anchor_ds, features=feature_ids, task=task_name, deltas=delta, reader=reader, progress=progress
+        )
     if json_out is not None:
         _write_atomic(json_out, report.model_dump_json(indent=2))
     print_report(report, show_missing)

@@ -194,6 +194,7 @@ def measure(
     *,
     anchor: str | Path | Dataset | None = None,
     features: str | Path | Sequence[int] | None = None,
+    task: str | None = None,
     deltas: Sequence[float] | None = None,
     reader: Reader | None = None,
     limit: int | None = None,
@@ -203,16 +204,25 @@ def measure(
     """FAC of ``data``, the features it misses, and its text diversity.
 
     The feature set F is, in order of precedence: the ids in ``features`` (a file or a
-    list), the features active on ``anchor`` (per delta), or all SAE features. ``deltas``
+    list), the stored relevant set of ``task`` for this reader (with ``anchor``: those of
+    them active on the anchor), the features active on ``anchor`` (per delta), or all
+    SAE features. ``deltas``
     default to the SAE's recommended delta. ``reader_options`` go to :class:`Reader`
     when no reader is given (model, sae, layer, activation, device, dtype, store, ...).
     """
     if anchor is not None and features is not None:
         raise InputError("give either an anchor or a feature file, not both")
+    if task is not None and features is not None:
+        raise InputError("give either a task or a feature file, not both")
     started = time.perf_counter()
     data_ds = _as_dataset(data, limit)
     anchor_ds = _as_dataset(anchor, limit) if anchor is not None else None
     reader = reader or Reader(**reader_options)  # type: ignore[arg-type]
+    task_ids = None
+    if task is not None:
+        from facsynth.tools.relevance import task_features
+
+        task_ids = task_features(reader, task)
     deltas = sorted({float(d) for d in deltas}) if deltas else [reader.default_delta]
     counted = reader.count(data_ds, deltas, progress)
     anchor_counted = reader.count(anchor_ds, deltas, progress) if anchor_ds is not None else None
@@ -221,6 +231,12 @@ def measure(
         ids = read_feature_ids(features) if isinstance(features, (str, Path)) else np.unique(np.asarray(features, dtype=np.int64))
         label = f"{len(ids)} features from {features}" if isinstance(features, (str, Path)) else f"{len(ids)} given features"
         sets = {d: ids for d in deltas}
+    elif task_ids is not None and anchor_counted is not None:
+        label = f"features relevant to task {task} ({len(task_ids)}) that fire on anchor {anchor_ds.name}"
+        sets = {d: np.intersect1d(task_ids, np.flatnonzero(anchor_counted.counter.active(d))) for d in deltas}
+    elif task_ids is not None:
+        label = f"{len(task_ids)} features relevant to task {task}"
+        sets = {d: task_ids for d in deltas}
     elif anchor_counted is not None:
         label = f"features active on anchor {anchor_ds.name}"
         sets = {d: anchor_counted.counter.active(d) for d in deltas}
