@@ -34,11 +34,12 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progr
 
 
 def _register() -> None:
-    from facsynth.cli import llm, measure, sae
+    from facsynth.cli import features, llm, measure, sae
 
     measure.register(app)
     app.add_typer(sae.app, name="sae", help="Import, train and inspect sparse autoencoders.")
     app.add_typer(llm.app, name="llm", help="The LLM endpoint: run the embedded llama.cpp server.")
+    app.add_typer(features.app, name="features", help="The feature catalog: spans, explanations, task relevance.")
 
 
 _register()

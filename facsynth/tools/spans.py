@@ -248,7 +248,7 @@ def cut_spans(
     wanted: dict[int, list[tuple[int, str, int]]] = {}  # sample -> [(feature, kind, rank)]
     for feature in np.flatnonzero(found.stats.count):
         kept = found.tops.top(int(feature))
-        n_held = min(cfg.held_out, len(kept) // 4)
+        n_held = cfg.held_out if len(kept) == cfg.k else min(cfg.held_out, len(kept) // 4)  # few samples: keep most to explain
         n_top = min(cfg.top_n, len(kept) - n_held)
         for rank, (_act, sample) in enumerate(kept[: n_top + n_held]):
             wanted.setdefault(sample, []).append((int(feature), "top" if rank < n_top else "held_out", rank))
