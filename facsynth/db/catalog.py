@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from facsynth.db.models import (
@@ -197,18 +197,64 @@ class Catalog:
     # ------------------------------------------------------------------ spans and stats
 
     def save_collection(self, info: CollectionInfo, stats: Sequence[FeatureStats], spans: Sequence[Span]) -> None:
-        """Store a span collection, replacing the previous one of the same reader and corpus."""
+        """Store a whole span collection, replacing the previous one of the same reader and corpus."""
+        self.clear_collection(info.reader_id, info.dataset_id)
+        self.add_spans(info.reader_id, info.dataset_id, spans)
+        self.finish_collection(info, stats)
+
+    def clear_collection(self, reader_id: int, dataset_id: int) -> None:
+        """Drop a collection with its stats and spans (also the spans of one that never finished)."""
+        with self.store._tx(write=True) as session:
+            for model in (SpanCollection, FeatureStatsRow, FeatureSpan):
+                session.execute(delete(model).where(model.reader_id == reader_id, model.dataset_id == dataset_id))
+
+    def add_spans(self, reader_id: int, dataset_id: int, spans: Sequence[Span]) -> None:
+        """Append spans to a collection being written (one transaction per call: call it per batch)."""
         for span in spans:
             if span.kind not in SPAN_KINDS:
                 raise ValueError(f"span kind must be one of {', '.join(SPAN_KINDS)}; got {span.kind!r}")
-        rid, did = info.reader_id, info.dataset_id
+        if not spans:
+            return
         with self.store._tx(write=True) as session:
-            sample_ids = self.store._sample_ids(session, list({s.sample_hash for s in spans}))
-            missing = {s.sample_hash for s in spans} - set(sample_ids)
+            hashes = list({s.sample_hash for s in spans})
+            sample_ids = self.store._sample_ids(session, hashes)
+            missing = set(hashes) - set(sample_ids)
             if missing:
                 raise StoreError(f"{len(missing)} span sample(s) are not registered; register the corpus first")
-            for model in (FeatureSpan, FeatureStatsRow, SpanCollection):
+            session.execute(
+                insert(FeatureSpan),
+                [
+                    {
+                        "reader_id": reader_id, "dataset_id": dataset_id,
+                        "feature_id": None if s.feature is None else int(s.feature), "kind": s.kind,
+                        "rank": int(s.rank), "sample_id": sample_ids[s.sample_hash],
+                        "activation": float(s.activation), "peak_token": int(s.peak_token),
+                        "tokens": json.dumps(s.tokens, ensure_ascii=False),
+                        "acts": json.dumps([round(float(a), 5) for a in s.acts]), "text": s.text,
+                    }
+                    for s in spans
+                ],
+            )
+
+    def finish_collection(self, info: CollectionInfo, stats: Sequence[FeatureStats]) -> None:
+        """Store the stats and the collection row: a collection counts as present only from here on."""
+        rid, did = info.reader_id, info.dataset_id
+        with self.store._tx(write=True) as session:
+            for model in (SpanCollection, FeatureStatsRow):
                 session.execute(delete(model).where(model.reader_id == rid, model.dataset_id == did))
+            if stats:
+                session.execute(
+                    insert(FeatureStatsRow),
+                    [
+                        {
+                            "reader_id": rid, "dataset_id": did, "feature_id": int(s.feature),
+                            "n_samples": int(s.n_samples), "active_count": int(s.active_count),
+                            "frequency": float(s.frequency), "max_act": float(s.max_act),
+                            "quantiles": json.dumps(s.quantiles, sort_keys=True),
+                        }
+                        for s in stats
+                    ],
+                )
             session.add(
                 SpanCollection(
                     reader_id=rid, dataset_id=did, top_n=info.top_n, window=info.window, held_out=info.held_out,
@@ -216,25 +262,7 @@ class Catalog:
                     n_features=info.n_features,
                 )
             )
-            session.add_all(
-                FeatureStatsRow(
-                    reader_id=rid, dataset_id=did, feature_id=int(s.feature), n_samples=int(s.n_samples),
-                    active_count=int(s.active_count), frequency=float(s.frequency), max_act=float(s.max_act),
-                    quantiles=json.dumps(s.quantiles, sort_keys=True),
-                )
-                for s in stats
-            )
-            session.add_all(
-                FeatureSpan(
-                    reader_id=rid, dataset_id=did, feature_id=None if s.feature is None else int(s.feature),
-                    kind=s.kind, rank=int(s.rank), sample_id=sample_ids[s.sample_hash],
-                    activation=float(s.activation), peak_token=int(s.peak_token),
-                    tokens=json.dumps(s.tokens, ensure_ascii=False),
-                    acts=json.dumps([round(float(a), 5) for a in s.acts]), text=s.text,
-                )
-                for s in spans
-            )
-        log.info("saved span collection: reader %d, dataset %d, %d stats, %d spans", rid, did, len(stats), len(spans))
+        log.info("saved span collection: reader %d, dataset %d, %d feature stats", rid, did, len(stats))
 
     def collection(self, reader_id: int, dataset_id: int) -> CollectionInfo | None:
         """The span collection of a reader over a corpus, or None."""

@@ -13,7 +13,8 @@ Two passes, both reusing the store:
    padded batches, as :meth:`FeatureEncoder.token_activations` reads one); for each feature that kept a sample its
    peak token is found and the span of up to ``window`` content tokens ending there is
    cut. Random samples give context spans (ending anywhere) that the detection scorer
-   uses as non-activating examples.
+   uses as non-activating examples. Spans are stored batch by batch; the collection
+   row, written last with the stats, marks the collection complete.
 
 A feature is *active* on a sample when a_i(x) > delta (the collection's delta). Spans
 and stats are stored per (reader, corpus); asking again with the same settings returns
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -241,22 +242,40 @@ def token_activations(encoder: FeatureEncoder, samples: list[Sample]) -> list[tu
     return out
 
 
-def cut_spans(
-    reader: Reader, dataset: Dataset, found: _Scan, cfg: SpanConfig, progress: StageProgress | None = None
-) -> tuple[list[Span], int]:
-    """Pass 2: re-read only the kept samples token by token and cut each feature's span at its peak."""
-    wanted: dict[int, list[tuple[int, str, int]]] = {}  # sample -> [(feature, kind, rank)]
+def plan_spans(found: _Scan, cfg: SpanConfig) -> dict[int, list[tuple[int, str, int]]]:
+    """Which spans pass 2 cuts: per sample index, its (feature, kind, rank) entries.
+
+    A feature's kept samples, strongest first, give ``top_n`` explanation spans then
+    ``held_out`` held-out ones; a feature with fewer samples holds out at most a quarter.
+    """
+    wanted: dict[int, list[tuple[int, str, int]]] = {}
     for feature in np.flatnonzero(found.stats.count):
         kept = found.tops.top(int(feature))
-        n_held = cfg.held_out if len(kept) == cfg.k else min(cfg.held_out, len(kept) // 4)  # few samples: keep most to explain
+        n_held = cfg.held_out if len(kept) == cfg.k else min(cfg.held_out, len(kept) // 4)
         n_top = min(cfg.top_n, len(kept) - n_held)
         for rank, (_act, sample) in enumerate(kept[: n_top + n_held]):
             wanted.setdefault(sample, []).append((int(feature), "top" if rank < n_top else "held_out", rank))
-    spans: list[Span] = []
+    return wanted
+
+
+def cut_spans(
+    reader: Reader,
+    dataset: Dataset,
+    found: _Scan,
+    wanted: dict[int, list[tuple[int, str, int]]],
+    cfg: SpanConfig,
+    progress: StageProgress | None = None,
+) -> Iterator[list[Span]]:
+    """Pass 2: re-read the ``wanted`` samples token by token and cut each feature's span at its peak.
+
+    Yields the spans batch by batch (the random context spans last), so that the caller
+    can store them as they come and memory holds one batch of spans, not all of them.
+    """
     encoder = reader.encoder
     order = sorted(wanted)
     for start in range(0, len(order), encoder.batch_size):
         batch = order[start : start + encoder.batch_size]
+        spans: list[Span] = []
         for sample_index, (words, acts) in zip(batch, token_activations(encoder, [dataset.samples[i] for i in batch])):
             sample_hash = dataset.samples[sample_index].sample_hash
             features = [f for f, _, _ in wanted[sample_index]]
@@ -273,7 +292,9 @@ def cut_spans(
                 )
         if progress is not None:
             progress("spans", len(batch), len(order))
+        yield spans
     rng = np.random.default_rng(cfg.seed + 1)
+    spans = []
     for rank, sample_index in enumerate(found.random):
         sample = dataset.samples[sample_index]
         words = _content_words(encoder, sample)
@@ -283,7 +304,7 @@ def cut_spans(
             Span(feature=None, kind="random", rank=rank, sample_hash=sample.sample_hash, activation=0.0,
                  peak_token=end, tokens=words[start : end + 1])
         )
-    return spans, len(order)
+    yield spans
 
 
 def collect_spans(
@@ -317,7 +338,12 @@ def collect_spans(
             n_spans=n_spans, from_store=True, seconds=time.perf_counter() - started,
         )
     found = scan(reader, dataset, cfg, delta, progress)
-    spans, cut = cut_spans(reader, dataset, found, cfg, progress)
+    catalog.clear_collection(rid, did)
+    wanted = plan_spans(found, cfg)
+    n_spans = 0
+    for batch in cut_spans(reader, dataset, found, wanted, cfg, progress):
+        catalog.add_spans(rid, did, batch)
+        n_spans += len(batch)
     active = np.flatnonzero(found.stats.count)
     stats = [
         FeatureStats(
@@ -332,10 +358,11 @@ def collect_spans(
         held_out=cfg.held_out, n_random=cfg.n_random, delta=delta, seed=cfg.seed, n_samples=found.n_samples,
         n_features=int(active.size),
     )
-    catalog.save_collection(info, stats, spans)
+    catalog.finish_collection(info, stats)
     return SpanReport(
         dataset=dataset.name, dataset_id=did, n_samples=found.n_samples, n_features=int(active.size),
-        n_spans=len(spans), from_store=False, encoded=found.encoded, reused=found.reused, cut=cut,
+        n_spans=n_spans, from_store=False, encoded=found.encoded, reused=found.reused,
+        cut=len(wanted),
         seconds=time.perf_counter() - started,
     )
 

@@ -186,3 +186,25 @@ def test_unparseable_reply_fails_only_that_feature(fake_llm: FakeOpenAI, store: 
     assert catalog.explanation(rid, 11).check_label == "Probably"
     assert detect.ok == [] and list(detect.failed) == [11]
     assert catalog.explanation(rid, 11).detection_score is None
+
+
+def test_cli_explain_prints_totals_and_failures(fake_llm: FakeOpenAI, tmp_path: Any) -> None:
+    from typer.testing import CliRunner
+
+    from facsynth.cli import app
+    from facsynth.db import Store
+
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    store = Store(url)
+    catalog, rid, _ = build_catalog(store)
+    fake_llm.queue(Reply(content='{"explanation": "cooking steps"}'), Reply(content="no JSON here"), Reply(content="nor here"))
+    result = CliRunner().invoke(app, [
+        "features", "explain", "--db", url, "--base-url", fake_llm.url, "--llm-model", "scripted-model",
+        "--features", "11,12", "--steps", "explain", "--concurrency", "1",
+    ], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "explain: 1 ok, 1 failed, 0 skipped" in result.output
+    assert "feature 12 failed" in result.output
+    assert "LLM: 3 calls (ok 1, cached 0, parse errors 2, errors 0)" in result.output
+    assert "1 feature step(s) failed" in result.output
+    assert catalog.explanation(rid, 11).explainer_model == "scripted-model" and catalog.explanation(rid, 12) is None

@@ -102,6 +102,16 @@ def test_collection_round_trip_and_replacement(store: Store) -> None:
     assert len(cat.collections(rid)) == 1
 
 
+def test_an_unfinished_collection_is_absent_and_cleared_by_the_next(store: Store) -> None:
+    cat = Catalog(store)
+    rid, did, hashes = _corpus(store)
+    cat.clear_collection(rid, did)
+    cat.add_spans(rid, did, [Span(3, "top", 0, hashes[0], 2.0, 0, ["a"], [2.0])])  # then the run died
+    assert cat.collection(rid, did) is None and cat.collections(rid) == []
+    cat.save_collection(_info(rid, did), [FeatureStats(4, 6, 1, 1 / 6, 1.0)], [Span(4, "top", 0, hashes[1], 1.0, 0, ["b"])])
+    assert set(cat.spans(rid, did)) == {4} and cat.collection(rid, did) is not None
+
+
 def test_spans_need_registered_samples(store: Store) -> None:
     cat = Catalog(store)
     rid, did, _ = _corpus(store)
