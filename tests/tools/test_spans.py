@@ -112,7 +112,7 @@ def test_spans_end_at_the_true_peak_and_are_reused(reader, monkeypatch: pytest.M
             assert span.activation == pytest.approx(float(hand[i][peak, f]), rel=1e-3, abs=1e-4)
             assert span.acts[-1] == pytest.approx(span.activation, rel=1e-4)
             checked += 1
-    assert checked >= 40
+    assert len(stats) >= 10 and checked >= min(40, len(stats))
 
     randoms = catalog.random_spans(rid, did)
     assert len(randoms) == cfg.n_random
