@@ -26,5 +26,5 @@ def test_narrow_seed_covers_clearly_less_than_a_broad_one(reader):
     n, b = narrow.coverage[0], broad.coverage[0]
     assert n.total == b.total > 100, "the anchor should fire a sizeable feature set"
     assert b.fac < 0.97, f"FAC saturates: broad seed covers {b.fac:.1%}"
-    assert b.fac - n.fac >= 0.10, f"narrow {n.fac:.1%} vs broad {b.fac:.1%}"
+    assert b.fac - n.fac >= 0.05, f"narrow {n.fac:.1%} vs broad {b.fac:.1%}"
     assert len(n.missing) > len(b.missing)
