@@ -37,15 +37,18 @@ def train_cmd(
     layer: int = typer.Option(15, "--layer", help="0-based decoder block whose output the SAE reads."),
     width: int = typer.Option(4096, "--width", help="Number of SAE features."),
     k: int = typer.Option(32, "--k", help="Active features per token under TopK."),
-    tokens: int = typer.Option(2_000_000, "--tokens", help="Training tokens (epochs over the corpus as needed)."),
+    tokens: int = typer.Option(1_500_000, "--tokens", help="Training tokens (epochs over the corpus as needed)."),
     context_size: int = typer.Option(256, "--context-size", help="Tokens per sample at most."),
-    lr: float = typer.Option(5e-4, "--lr", help="Adam learning rate."),
-    batch_size: int = typer.Option(1024, "--batch-size", help="Activation vectors per training step."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Activation vectors per training step."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     holdout: float = typer.Option(0.1, "--holdout", help="Share of samples held out for the reported figures."),
     seed: int = typer.Option(0, "--seed", help="Random seed (held-out split, initialisation, batch order)."),
 ) -> None:
     """Train a TopK SAE with sae-lens on a local corpus; report its quality on held-out tokens."""
+    import os
+
+    os.environ.setdefault("TQDM_DISABLE", "1")  # sae-lens's own bars would fight the rich progress below
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from facsynth.tools.model import resolve_device
@@ -125,6 +128,8 @@ def info_cmd(
         rows.append(("training", ", ".join(f"{k} {v}" for k, v in training.items() if k != "trainer")))
     for key, value in (facts.get("quality") or {}).items():
         rows.append((f"quality: {key}", str(value)))
+    if facts.get("command"):
+        rows.append(("trained with", str(facts["command"])))
     if facts.get("source"):
         rows.append(("source", str(facts["source"])))
     for key, value in rows:

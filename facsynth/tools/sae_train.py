@@ -56,12 +56,12 @@ class TrainConfig:
     """Number of SAE features (d_sae)."""
     k: int = 32
     """Active features per token under TopK."""
-    tokens: int = 2_000_000
+    tokens: int = 1_500_000
     """Training tokens: activation vectors the trainer sees (epochs over the corpus as needed)."""
     context_size: int = 256
     """Tokens per sample at most (longer samples are truncated)."""
-    lr: float = 5e-4
-    batch_size: int = 1024
+    lr: float = 1e-3
+    batch_size: int = 256
     """Activation vectors per training step."""
     device: str = "cpu"
     holdout: float = 0.1
@@ -257,25 +257,33 @@ def _batches(acts: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
 # -- training ----------------------------------------------------------------------
 
 
-def train_sae(cfg: TrainConfig, *, progress: Progress | None = None, subject: Any = None) -> TrainReport:
-    """Train a TopK SAE on ``cfg.corpus`` and save it to ``cfg.out``; see the module doc."""
-    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
-    from sae_lens.config import LoggingConfig, SAETrainerConfig
-    from sae_lens.training.sae_trainer import SAETrainer
+@dataclass
+class CorpusActivations:
+    """A corpus read at one layer: training and held-out activation vectors."""
 
-    from facsynth.tools import model as model_mod
+    train: Tensor
+    """Float[Tensor, "n_train d_model"]"""
+    eval: Tensor
+    """Float[Tensor, "n_eval d_model"]"""
+    model_name: str
+    model_fingerprint: str
+    layer: int
+    hook_name: str
+    samples: int
+    eval_samples: int
+    corpus_file: str
+    corpus_sha256: str
 
-    started = time.monotonic()
+
+def corpus_activations(cfg: TrainConfig, subject: Any, *, progress: Progress | None = None) -> CorpusActivations:
+    """Read ``cfg.corpus`` through the model once; split samples into training and held-out."""
     rows = read_corpus(cfg.corpus)
-    if subject is None:
-        subject = model_mod.load(cfg.model, device=cfg.device)
     layer = subject.check_layer(cfg.layer)
     hook = subject.hook_name(layer)
     samples = [tokenize_row(subject.tokenizer, row, cfg.context_size) for row in rows]
     samples = [s for s in samples if any(s[1])]
     if len(samples) < 2:
         raise InputError(f"corpus {cfg.corpus} has fewer than two samples with content tokens")
-
     rng = random.Random(cfg.seed)
     order = list(range(len(samples)))
     rng.shuffle(order)
@@ -283,13 +291,45 @@ def train_sae(cfg: TrainConfig, *, progress: Progress | None = None, subject: An
     eval_ids, train_ids = sorted(order[:n_eval]), sorted(order[n_eval:])
     log.info("corpus %s: %d samples (%d held out); collecting block %d activations", cfg.corpus, len(samples), n_eval, layer)
     acts = collect_activations(subject, layer, samples, batch_size=cfg.model_batch_size, progress=progress)
-    lengths = [sum(s[1]) for s in samples]
     offsets = [0]
-    for n in lengths:
-        offsets.append(offsets[-1] + n)
-    train_acts = torch.cat([acts[offsets[i] : offsets[i + 1]] for i in train_ids])
-    eval_acts = torch.cat([acts[offsets[i] : offsets[i + 1]] for i in eval_ids])
-    del acts
+    for _, content in samples:
+        offsets.append(offsets[-1] + sum(content))
+    return CorpusActivations(
+        train=torch.cat([acts[offsets[i] : offsets[i + 1]] for i in train_ids]),
+        eval=torch.cat([acts[offsets[i] : offsets[i + 1]] for i in eval_ids]),
+        model_name=subject.name,
+        model_fingerprint=subject.source.fingerprint,
+        layer=layer,
+        hook_name=hook,
+        samples=len(samples),
+        eval_samples=len(eval_ids),
+        corpus_file=cfg.corpus.name,
+        corpus_sha256=file_hash(cfg.corpus),
+    )
+
+
+def train_sae(cfg: TrainConfig, *, progress: Progress | None = None, subject: Any = None) -> TrainReport:
+    """Train a TopK SAE on ``cfg.corpus`` and save it to ``cfg.out``; see the module doc."""
+    from facsynth.tools import model as model_mod
+
+    started = time.monotonic()
+    if subject is None:
+        subject = model_mod.load(cfg.model, device=cfg.device)
+    data = corpus_activations(cfg, subject, progress=progress)
+    return fit_sae(cfg, data, progress=progress, started=started)
+
+
+def fit_sae(
+    cfg: TrainConfig, data: CorpusActivations, *, progress: Progress | None = None, started: float | None = None
+) -> TrainReport:
+    """Train the SAE on ``data.train`` with sae-lens, save it, evaluate it on ``data.eval``."""
+    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    started = time.monotonic() if started is None else started
+    train_acts = data.train
+    d_model = train_acts.shape[1]
     batch_size = min(cfg.batch_size, train_acts.shape[0])
     if batch_size < cfg.batch_size:
         log.warning("only %d training tokens: batch size lowered to %d", train_acts.shape[0], batch_size)
@@ -297,7 +337,7 @@ def train_sae(cfg: TrainConfig, *, progress: Progress | None = None, subject: An
 
     torch.manual_seed(cfg.seed)
     sae_cfg = TopKTrainingSAEConfig(
-        d_in=subject.d_model,
+        d_in=d_model,
         d_sae=cfg.width,
         k=cfg.k,
         apply_b_dec_to_input=True,
@@ -307,13 +347,13 @@ def train_sae(cfg: TrainConfig, *, progress: Progress | None = None, subject: An
     )
     sae = TopKTrainingSAE(sae_cfg)
     with torch.no_grad():  # start b_dec at the data mean: a better centre than zero
-        sae.b_dec.copy_(train_acts.mean(0) / _mean_norm_scale(train_acts, subject.d_model))
+        sae.b_dec.copy_(train_acts.mean(0) / _mean_norm_scale(train_acts, d_model))
     meta = sae.cfg.metadata
-    meta.model_name = subject.name
-    meta.hook_name = hook
+    meta.model_name = data.model_name
+    meta.hook_name = data.hook_name
     meta.model_class_name = "AutoModelForCausalLM"
     meta.context_size = cfg.context_size
-    meta.dataset_path = str(cfg.corpus.name)
+    meta.dataset_path = data.corpus_file
     meta.prepend_bos = False
     meta.exclude_special_tokens = True
     trainer_cfg = SAETrainerConfig(
@@ -341,22 +381,23 @@ def train_sae(cfg: TrainConfig, *, progress: Progress | None = None, subject: An
     sae.save_inference_model(cfg.out)
     _fix_folded_norms(cfg.out)
     feature_sae = load_sae(cfg.out, activation="sae")
-    quality = evaluate(feature_sae, eval_acts, eval_samples=len(eval_ids))
+    quality = evaluate(feature_sae, data.eval, eval_samples=data.eval_samples)
     train_tokens = steps * batch_size
     epochs = train_tokens / max(1, train_acts.shape[0])
+    corpus_tokens = int(train_acts.shape[0] + data.eval.shape[0])
     facts = {
-        "model": subject.name,
-        "model_fingerprint": subject.source.fingerprint,
-        "layer": layer,
-        "hook_name": hook,
+        "model": data.model_name,
+        "model_fingerprint": data.model_fingerprint,
+        "layer": data.layer,
+        "hook_name": data.hook_name,
         "width": cfg.width,
         "k": cfg.k,
         "corpus": {
-            "file": cfg.corpus.name,
-            "sha256": file_hash(cfg.corpus),
-            "samples": len(samples),
-            "content_tokens": int(sum(lengths)),
-            "held_out_samples": len(eval_ids),
+            "file": data.corpus_file,
+            "sha256": data.corpus_sha256,
+            "samples": data.samples,
+            "content_tokens": corpus_tokens,
+            "held_out_samples": data.eval_samples,
         },
         "training": {
             "tokens": train_tokens,
@@ -373,13 +414,12 @@ def train_sae(cfg: TrainConfig, *, progress: Progress | None = None, subject: An
         "recommended_delta": None,
     }
     write_sidecar(cfg.out, facts)
-    feature_sae = load_sae(cfg.out)
     return TrainReport(
         out=cfg.out,
-        sae=feature_sae,
+        sae=load_sae(cfg.out),
         quality=quality,
-        corpus_samples=len(samples),
-        corpus_tokens=int(sum(lengths)),
+        corpus_samples=data.samples,
+        corpus_tokens=corpus_tokens,
         train_tokens=train_tokens,
         epochs=epochs,
         seconds=time.monotonic() - started,
