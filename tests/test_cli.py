@@ -71,7 +71,7 @@ def test_delta_sweep_and_feature_file(tmp_path):
 @pytest.mark.parametrize(
     ("make", "expected"),
     [
-        (lambda p: p / "missing.jsonl", "not found"),
+        (lambda p: p / "missing.jsonl", "no such file"),
         (lambda p: (p / "bad.jsonl").write_text('{"text": "ok"}\n{oops\n') and p / "bad.jsonl", "line 2"),
         (lambda p: (p / "empty.jsonl").write_text("\n\n") and p / "empty.jsonl", "no samples"),
         (lambda p: (p / "latin.txt").write_bytes(b"caf\xe9 au lait\n") and p / "latin.txt", "not UTF-8"),

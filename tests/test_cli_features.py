@@ -146,7 +146,7 @@ def test_collect_relevance_and_measure_task_end_to_end(tmp_path: Path) -> None:
     seed = tmp_path / "seed.jsonl"
     seed.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in other[:3]))
 
-    out = ok("features", "collect", str(labeled), "--top-n", "2", "--held-out", "1", "--random-spans", "2", "--db", url)
+    out = ok("features", "collect", str(labeled), "--top-n", "2", "--held-out", "1", "--random-spans", "2", "--delta", "0", "--db", url)
     assert "12 samples" in out and "read 12 samples" in out
     out = ok("features", "relevance", str(labeled), "--task", "toxicity", "--threshold", "0.8", "--db", url)
     assert "6 task-positive vs 6 other samples" in out

@@ -78,10 +78,10 @@ class FeatureEncoder:
             if sae.layer is None:
                 raise ModelError(f"SAE {sae.name} records no layer: give the layer to read")
             layer = sae.layer
-        elif sae.layer is not None and sae.layer != layer:
-            log.warning("SAE %s was trained on block %d but block %d is read", sae.name, sae.layer, layer)
         self.layer = subject.check_layer(layer)
         sae.check_fits(subject.d_model, subject.name)
+        if sae.layer is not None and sae.layer != self.layer:
+            log.warning("SAE %s was trained on block %d but block %d is read", sae.name, sae.layer, self.layer)
         if batch_size < 1 or max_tokens < 1 or chunk_size < 1:
             raise InputError("batch_size, max_tokens and chunk_size must be positive")
         self.subject = subject
