@@ -59,6 +59,34 @@ class Tokenized:
         return sum(self.content)
 
 
+def tokenize_messages(tokenizer: object, messages: list[dict], plain_text: str, *, chat: bool, max_tokens: int) -> Tokenized:
+    """Render a sample and mark its content tokens: the one rendering ``measure`` and ``sae train`` share.
+
+    ``chat``: apply the chat template and keep only tokens inside message contents
+    (found through the offset mapping, so every template token is excluded). Otherwise
+    tokenize ``plain_text`` with the tokenizer's special tokens, which never count.
+    """
+    if chat:
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+        spans, cursor = [], 0
+        for m in messages:
+            start = rendered.find(m["content"], cursor)
+            if start < 0:  # a template that rewrites contents: count the whole render
+                spans, cursor = [(0, len(rendered))], len(rendered)
+                break
+            spans.append((start, start + len(m["content"])))
+            cursor = start + len(m["content"])
+        enc = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        content = [e > s and any(s < e2 and e > s2 for s2, e2 in spans) for s, e in enc["offset_mapping"]]
+    else:
+        enc = tokenizer(plain_text, add_special_tokens=True, return_special_tokens_mask=True)
+        ids = list(enc["input_ids"])
+        content = [not special for special in enc["special_tokens_mask"]]
+    truncated = len(ids) > max_tokens
+    return Tokenized(ids[:max_tokens], content[:max_tokens], truncated)
+
+
 class FeatureEncoder:
     """Batched reader of SAE features at one layer of a subject model."""
 
@@ -101,29 +129,10 @@ class FeatureEncoder:
 
     def tokenize(self, sample: Sample) -> Tokenized:
         """Render and tokenize one sample, marking content tokens."""
-        tok = self.subject.tokenizer
-        if self.template == "chat":
-            messages = [{"role": m["role"], "content": m["content"]} for m in sample.as_messages]
-            rendered = tok.apply_chat_template(messages, tokenize=False)
-            spans, cursor = [], 0
-            for m in messages:
-                start = rendered.find(m["content"], cursor)
-                if start < 0:  # a template that rewrites contents: count the whole render
-                    spans, cursor = [(0, len(rendered))], len(rendered)
-                    break
-                spans.append((start, start + len(m["content"])))
-                cursor = start + len(m["content"])
-            enc = tok(rendered, add_special_tokens=False, return_offsets_mapping=True)
-            ids = enc["input_ids"]
-            content = [any(s < e2 and e > s2 for s2, e2 in spans) and e > s for s, e in enc["offset_mapping"]]
-        else:
-            enc = tok(sample.plain_text, add_special_tokens=True, return_special_tokens_mask=True)
-            ids = enc["input_ids"]
-            content = [not special for special in enc["special_tokens_mask"]]
-        truncated = len(ids) > self.max_tokens
-        if truncated:
-            ids, content = ids[: self.max_tokens], content[: self.max_tokens]
-        return Tokenized(ids, content, truncated)
+        messages = [{"role": m["role"], "content": m["content"]} for m in sample.as_messages]
+        return tokenize_messages(
+            self.subject.tokenizer, messages, sample.plain_text, chat=self.template == "chat", max_tokens=self.max_tokens
+        )
 
     # -- model -------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from facsynth.errors import InputError, SAEError
+from facsynth.tools.encoder import tokenize_messages
 from facsynth.tools.sae import FeatureSAE, file_hash, load_sae, write_sidecar
 
 log = logging.getLogger(__name__)
@@ -170,26 +171,12 @@ def _corpus_row(line: str, path: Path, n: int) -> dict[str, Any]:
 
 def tokenize_row(tokenizer: Any, row: dict[str, Any], max_tokens: int) -> tuple[list[int], list[bool]]:
     """Render one row as ``measure`` reads it; return token ids and the content-token mask."""
-    if getattr(tokenizer, "chat_template", None):
-        messages = row.get("messages") or [{"role": "user", "content": row["text"]}]
-        rendered = tokenizer.apply_chat_template(messages, tokenize=False)
-        spans, cursor = [], 0
-        for m in messages:
-            start = rendered.find(m["content"], cursor)
-            if start < 0:  # a template that rewrites contents: keep the whole render
-                spans, cursor = [(0, len(rendered))], len(rendered)
-                break
-            spans.append((start, start + len(m["content"])))
-            cursor = start + len(m["content"])
-        enc = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
-        ids = list(enc["input_ids"])
-        content = [e > s and any(s < e2 and e > s2 for s2, e2 in spans) for s, e in enc["offset_mapping"]]
-    else:
-        text = row.get("text") or "\n\n".join(m["content"] for m in row["messages"])
-        enc = tokenizer(text, add_special_tokens=True, return_special_tokens_mask=True)
-        ids = list(enc["input_ids"])
-        content = [not special for special in enc["special_tokens_mask"]]
-    return ids[:max_tokens], content[:max_tokens]
+    messages = row.get("messages") or [{"role": "user", "content": row["text"]}]
+    plain = row.get("text") or "\n".join(m["content"] for m in messages)
+    t = tokenize_messages(
+        tokenizer, messages, plain, chat=bool(getattr(tokenizer, "chat_template", None)), max_tokens=max_tokens
+    )
+    return t.input_ids, t.content
 
 
 # -- activations -------------------------------------------------------------------
