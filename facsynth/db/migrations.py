@@ -343,3 +343,127 @@ def m002_catalog(conn: Connection) -> None:
     ]
     for table in new:
         table.create(conn)
+
+
+RUN_STATUSES = ("created", "running", "stopped", "paused", "done", "failed")
+FEATURE_STATUSES = ("pending", "in_progress", "covered", "exhausted", "excluded")
+
+
+@migration
+def m003_runs(conn: Connection) -> None:
+    """Synthesis runs: target features, candidates and verdicts, accepted samples, progress, directives."""
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    Table("readers", md, Column("id", Integer, primary_key=True))
+
+    def created() -> Column[datetime]:
+        return Column("created_at", DateTime(timezone=True), nullable=False)
+
+    def run_fk() -> Column[int]:
+        return Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False)
+
+    statuses = ", ".join(f"'{s}'" for s in RUN_STATUSES)
+    feature_statuses = ", ".join(f"'{s}'" for s in FEATURE_STATUSES)
+    new = [
+        Table(
+            "runs",
+            md,
+            Column("id", Integer, primary_key=True),
+            Column("name", String(64), nullable=False, unique=True),
+            Column("status", String(16), nullable=False),
+            Column("strategy", String(16), nullable=False),
+            Column("task", String(128), nullable=False),
+            Column("reader_id", Integer, ForeignKey("readers.id", ondelete="CASCADE"), nullable=False),
+            Column("config", Text, nullable=False),
+            Column("feature_set", Text, nullable=False),
+            Column("n_relevant", Integer, nullable=False),
+            Column("n_seed_covered", Integer, nullable=False),
+            Column("stop_reason", Text, nullable=True),
+            Column("elapsed_s", Float, nullable=False),
+            created(),
+            Column("updated_at", DateTime(timezone=True), nullable=False),
+            CheckConstraint(f"status IN ({statuses})", name="status"),
+        ),
+        Table(
+            "run_features",
+            md,
+            Column("id", Integer, primary_key=True),
+            run_fk(),
+            Column("feature_id", Integer, nullable=False),
+            Column("status", String(16), nullable=False),
+            Column("attempts", Integer, nullable=False),
+            Column("priority", Float, nullable=False),
+            Column("best_act", Float, nullable=True),
+            Column("reason", Text, nullable=True),
+            Column("covered_by", Integer, nullable=True),
+            Column("updated_at", DateTime(timezone=True), nullable=False),
+            UniqueConstraint("run_id", "feature_id", name="uq_run_features_run_feature"),
+            CheckConstraint(f"status IN ({feature_statuses})", name="status"),
+        ),
+        Table(
+            "run_candidates",
+            md,
+            Column("id", Integer, primary_key=True),
+            run_fk(),
+            Column("feature_id", Integer, nullable=False),
+            Column("attempt", Integer, nullable=False),
+            Column("step", Integer, nullable=False),
+            Column("idx", Integer, nullable=False),
+            Column("role", String(16), nullable=False),
+            Column("payload", Text, nullable=False),
+            Column("label", String(64), nullable=True),
+            Column("text_hash", String(64), nullable=False),
+            Column("prompt_hash", String(64), nullable=False),
+            Column("model", String(255), nullable=False),
+            Column("target_act", Float, nullable=True),
+            Column("span", Text, nullable=True),
+            Column("feature_ids", LargeBinary, nullable=True),
+            Column("max_acts", LargeBinary, nullable=True),
+            Column("verdict", String(16), nullable=True),
+            Column("reason", Text, nullable=True),
+            created(),
+            UniqueConstraint("run_id", "feature_id", "attempt", "idx", name="uq_run_candidates_run_feature_attempt_idx"),
+        ),
+        Table(
+            "run_samples",
+            md,
+            Column("id", Integer, primary_key=True),
+            run_fk(),
+            Column("candidate_id", Integer, ForeignKey("run_candidates.id", ondelete="CASCADE"), nullable=False),
+            Column("feature_id", Integer, nullable=False),
+            Column("text_hash", String(64), nullable=False),
+            Column("activation", Float, nullable=False),
+            Column("covered", Text, nullable=False),
+            Column("withdrawn_at", DateTime(timezone=True), nullable=True),
+            created(),
+            UniqueConstraint("run_id", "text_hash", name="uq_run_samples_run_text_hash"),
+        ),
+        Table(
+            "run_progress",
+            md,
+            Column("id", Integer, primary_key=True),
+            run_fk(),
+            Column("seq", Integer, nullable=False),
+            Column("llm_calls", Integer, nullable=False),
+            Column("tokens", Integer, nullable=False),
+            Column("covered", Integer, nullable=False),
+            Column("fac", Float, nullable=False),
+            Column("elapsed_s", Float, nullable=False),
+            created(),
+            UniqueConstraint("run_id", "seq", name="uq_run_progress_run_seq"),
+        ),
+        Table(
+            "run_directives",
+            md,
+            Column("id", Integer, primary_key=True),
+            run_fk(),
+            Column("words", Text, nullable=False),
+            Column("kind", String(32), nullable=False),
+            Column("args", Text, nullable=False),
+            Column("active", Integer, nullable=False),
+            created(),
+            Column("reverted_at", DateTime(timezone=True), nullable=True),
+            Index("ix_run_directives_run_id", "run_id"),
+        ),
+    ]
+    for table in new:
+        table.create(conn)

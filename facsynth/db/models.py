@@ -354,3 +354,160 @@ class RelevanceRow(Base):
     model: Mapped[str | None] = mapped_column(String(255), nullable=True)
     """The judge model (``llm_judge``), else NULL."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+RUN_STATUSES = ("created", "running", "stopped", "paused", "done", "failed")
+"""``runs.status``: created, running (a process holds it), stopped (Ctrl-C, kill, error),
+paused (by the user), done (target, budget or nothing left), failed."""
+FEATURE_STATUSES = ("pending", "in_progress", "covered", "exhausted", "excluded")
+"""``run_features.status``."""
+
+
+class Run(Base):
+    """A synthesis run: its configuration, feature set and where it stands."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        CheckConstraint("status IN ('created', 'running', 'stopped', 'paused', 'done', 'failed')", name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(16))
+    strategy: Mapped[str] = mapped_column(String(16))
+    """``agent`` or ``paper``."""
+    task: Mapped[str] = mapped_column(String(128))
+    reader_id: Mapped[int] = mapped_column(Integer, ForeignKey("readers.id", ondelete="CASCADE"))
+    config: Mapped[str] = mapped_column(Text)
+    """JSON of :class:`facsynth.graph.config.RunConfig` (no secret: keys stay in the environment)."""
+    feature_set: Mapped[str] = mapped_column(Text)
+    """How F was chosen, in words."""
+    n_relevant: Mapped[int] = mapped_column(Integer)
+    """|F|: the features coverage is measured over."""
+    n_seed_covered: Mapped[int] = mapped_column(Integer)
+    """Features of F the seed already fires."""
+    stop_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    elapsed_s: Mapped[float] = mapped_column(Float)
+    """Wall time spent synthesizing, summed over every session of the run."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RunFeature(Base):
+    """One missing feature of a run: its status, attempts and what covered it."""
+
+    __tablename__ = "run_features"
+    __table_args__ = (
+        UniqueConstraint("run_id", "feature_id", name="uq_run_features_run_feature"),
+        CheckConstraint("status IN ('pending', 'in_progress', 'covered', 'exhausted', 'excluded')", name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(Integer, ForeignKey("runs.id", ondelete="CASCADE"))
+    feature_id: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    """Generator calls made for this feature."""
+    priority: Mapped[float] = mapped_column(Float)
+    """Higher first (task relevance, explanation score, how easily the anchor fires it)."""
+    best_act: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """Highest activation a candidate reached on it."""
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """Why it was exhausted or excluded."""
+    covered_by: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """``run_samples.id`` of the first accepted sample that fires it."""
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RunCandidate(Base):
+    """One generated example and the verifier's verdict on it."""
+
+    __tablename__ = "run_candidates"
+    __table_args__ = (
+        UniqueConstraint("run_id", "feature_id", "attempt", "idx", name="uq_run_candidates_run_feature_attempt_idx"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(Integer, ForeignKey("runs.id", ondelete="CASCADE"))
+    feature_id: Mapped[int] = mapped_column(Integer)
+    """The target feature it was written for."""
+    attempt: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer)
+    """1: written from the explanation and spans; 2: written with a contrastive pair."""
+    idx: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))
+    """``positive``, ``negative`` (agent) or ``sample`` (paper)."""
+    payload: Mapped[str] = mapped_column(Text)
+    """JSON ``{"text": ...}`` or ``{"messages": [...]}``."""
+    label: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    text_hash: Mapped[str] = mapped_column(String(64))
+    """sha256 of the normalized text (exact-duplicate check)."""
+    prompt_hash: Mapped[str] = mapped_column(String(64))
+    """The LLM request key (``llm_calls.prompt_hash``)."""
+    model: Mapped[str] = mapped_column(String(255))
+    target_act: Mapped[float | None] = mapped_column(Float, nullable=True)
+    span: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """JSON: the tokens ending at the target's peak and their activations."""
+    feature_ids: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    """int32 little-endian: features with activation > 0."""
+    max_acts: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    """float32 little-endian, aligned with ``feature_ids``."""
+    verdict: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    """NULL until verified; ``accepted``, ``rejected``, ``duplicate``."""
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RunSample(Base):
+    """An accepted sample and the coverage it added."""
+
+    __tablename__ = "run_samples"
+    __table_args__ = (UniqueConstraint("run_id", "text_hash", name="uq_run_samples_run_text_hash"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(Integer, ForeignKey("runs.id", ondelete="CASCADE"))
+    candidate_id: Mapped[int] = mapped_column(Integer, ForeignKey("run_candidates.id", ondelete="CASCADE"))
+    feature_id: Mapped[int] = mapped_column(Integer)
+    text_hash: Mapped[str] = mapped_column(String(64))
+    activation: Mapped[float] = mapped_column(Float)
+    covered: Mapped[str] = mapped_column(Text)
+    """JSON list: the run's missing features this sample covered first (the target included)."""
+    withdrawn_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    """Set when a user rejects the sample afterwards; its coverage is withdrawn."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RunProgress(Base):
+    """Coverage after one verifier step: the points of the FAC-against-calls plot."""
+
+    __tablename__ = "run_progress"
+    __table_args__ = (UniqueConstraint("run_id", "seq", name="uq_run_progress_run_seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(Integer, ForeignKey("runs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    llm_calls: Mapped[int] = mapped_column(Integer)
+    tokens: Mapped[int] = mapped_column(Integer)
+    covered: Mapped[int] = mapped_column(Integer)
+    fac: Mapped[float] = mapped_column(Float)
+    elapsed_s: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RunDirective(Base):
+    """A steering directive: the user's words and what they were parsed into."""
+
+    __tablename__ = "run_directives"
+    __table_args__ = (Index("ix_run_directives_run_id", "run_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(Integer, ForeignKey("runs.id", ondelete="CASCADE"))
+    words: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(32))
+    """``focus``, ``exclude``, ``style``, ``target``, ``budget``, ``pause``."""
+    args: Mapped[str] = mapped_column(Text)
+    """JSON of the parsed directive."""
+    active: Mapped[int] = mapped_column(Integer)
+    """1 while it applies; 0 once undone."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    reverted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

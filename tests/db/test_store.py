@@ -155,6 +155,25 @@ def test_in_memory_schema_has_every_table_and_column() -> None:
         "relevance": {
             "id", "reader_id", "feature_id", "task_id", "method", "label", "analysis", "score", "model", "created_at",
         },
+        # m003_runs (the run store's own tests are in test_runs.py)
+        "runs": {
+            "id", "name", "status", "strategy", "task", "reader_id", "config", "feature_set", "n_relevant",
+            "n_seed_covered", "stop_reason", "elapsed_s", "created_at", "updated_at",
+        },
+        "run_features": {
+            "id", "run_id", "feature_id", "status", "attempts", "priority", "best_act", "reason", "covered_by",
+            "updated_at",
+        },
+        "run_candidates": {
+            "id", "run_id", "feature_id", "attempt", "step", "idx", "role", "payload", "label", "text_hash",
+            "prompt_hash", "model", "target_act", "span", "feature_ids", "max_acts", "verdict", "reason", "created_at",
+        },
+        "run_samples": {
+            "id", "run_id", "candidate_id", "feature_id", "text_hash", "activation", "covered", "withdrawn_at",
+            "created_at",
+        },
+        "run_progress": {"id", "run_id", "seq", "llm_calls", "tokens", "covered", "fac", "elapsed_s", "created_at"},
+        "run_directives": {"id", "run_id", "words", "kind", "args", "active", "created_at", "reverted_at"},
     }
     assert set(insp.get_table_names()) == set(expected)
     for table, columns in expected.items():
