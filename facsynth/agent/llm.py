@@ -649,6 +649,8 @@ class LLMClient:
                     if message is None:
                         raise _UnparsedReply(exc, latency) from exc
                     return _Reply(message, latency, *_tokens(message))
+                except openai.LengthFinishReasonError as exc:  # cut at max_tokens: a reply that does not parse
+                    raise _UnparsedReply(exc, time.perf_counter() - start) from exc
                 except Exception as exc:
                     latency = time.perf_counter() - start
                     self._write(purpose, prompt_hash, 0, 0, latency, "error", error=_short_error(exc), run_id=run_id)

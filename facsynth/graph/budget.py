@@ -1,0 +1,37 @@
+"""What a run has spent, and whether it must stop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from facsynth.db.runs import Summary
+from facsynth.db.store import Store
+from facsynth.graph.config import RunConfig
+
+
+@dataclass(frozen=True)
+class Spent:
+    calls: int
+    """Generator calls issued to the endpoint (cache hits excluded)."""
+    tokens: int
+    seconds: float
+
+
+def spent(store: Store, run_name: str, elapsed_s: float) -> Spent:
+    totals = store.llm_totals(run_name)
+    issued = totals["calls"] - totals["by_outcome"]["cached"]
+    return Spent(issued, totals["tokens_in"] + totals["tokens_out"], elapsed_s)
+
+
+def stop_reason(summary: Summary, cfg: RunConfig, used: Spent) -> str | None:
+    """Why the run must stop now, or None."""
+    if summary.fac >= cfg.target_fac:
+        return f"target reached: FAC {summary.fac:.1%} >= {cfg.target_fac:.1%}"
+    b = cfg.budget
+    if b.calls is not None and used.calls >= b.calls:
+        return f"budget spent: {used.calls} generator calls (budget {b.calls})"
+    if b.tokens is not None and used.tokens >= b.tokens:
+        return f"budget spent: {used.tokens} tokens (budget {b.tokens})"
+    if b.seconds is not None and used.seconds >= b.seconds:
+        return f"budget spent: {used.seconds:.0f} s (budget {b.seconds:.0f} s)"
+    return None

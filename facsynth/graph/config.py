@@ -1,0 +1,86 @@
+"""What a synthesis run is asked to do: one pydantic model, stored with the run.
+
+The CLI's ``facsynth run`` options map one to one onto :class:`RunConfig` fields. The
+model holds no secret (an API key stays in the environment variable that
+:class:`~facsynth.agent.llm.LLMConfig` names), so it is stored and shown as it is.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from facsynth.agent.llm import LLMConfig
+
+Strategy = Literal["agent", "paper"]
+STRATEGIES: tuple[str, ...] = ("agent", "paper")
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class Budget(BaseModel):
+    """When a run must stop spending; None: no limit of that kind."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    calls: int | None = Field(None, ge=1)
+    """Generator LLM calls issued (cache hits are free and not counted)."""
+    tokens: int | None = Field(None, ge=1)
+    """Tokens in + out of those calls."""
+    seconds: float | None = Field(None, gt=0)
+    """Wall time spent synthesizing, summed over every session of the run."""
+
+
+class RunConfig(BaseModel):
+    """A synthesis run: data, task, target, budget and how candidates are judged."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: str
+    """Task name (preset or from ``tasks_file``): the sample format and, where the store has
+    them, the relevant features."""
+    seed: str
+    """The data whose gaps are filled (any format ``facsynth measure`` reads)."""
+    anchor: str | None = None
+    """The corpus that defines the task's domain; F = relevant features active on it."""
+    tasks_file: str | None = None
+    target_fac: float = Field(0.9, gt=0.0, le=1.0)
+    budget: Budget = Field(default_factory=Budget)
+    strategy: Strategy = "agent"
+    """``agent``: feedback, retries, skips what is covered; ``paper``: the authors' fixed
+    two-step pipeline (2 samples per feature, then 2 with the pair; no feedback, no retry)."""
+    max_attempts: int = Field(4, ge=1, le=32)
+    """Generator calls per feature before it is marked exhausted (agent strategy)."""
+    batch: int = Field(2, ge=1, le=64)
+    """Features worked on at once (their generator calls run concurrently)."""
+    max_features: int | None = Field(None, ge=1)
+    """Keep only the first N missing features by priority (a small, quick run)."""
+    delta: float | None = None
+    """Activation above which a feature counts as active; None: the SAE's recommended delta."""
+    threshold: float | None = None
+    """A positive is accepted above it, a negative below it; None: the measuring delta."""
+    min_words: int = Field(4, ge=1, le=200)
+    """A candidate with fewer words is rejected before its activations count."""
+    near_duplicate_cosine: float = Field(0.95, gt=0.0, le=1.0)
+    """A candidate whose SAE feature vector has at least this cosine with an accepted or seed
+    sample is a near duplicate and is rejected."""
+    model: str | None = None
+    sae: str | None = None
+    layer: int | None = None
+    llm: LLMConfig = Field(default_factory=lambda: LLMConfig(temperature=0.8, top_p=0.9, max_tokens=320))
+    """The generator's endpoint and sampling (the paper: temperature 0.8, top_p 0.9)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        if self.threshold is not None and self.delta is not None and self.threshold < self.delta:
+            raise ValueError(
+                f"threshold ({self.threshold}) is below delta ({self.delta}): an accepted positive would not count as active"
+            )
+        return self
+
+
+def check_run_name(name: str) -> str:
+    if not RUN_NAME.match(name):
+        raise ValueError(f"run name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return name

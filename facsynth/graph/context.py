@@ -1,0 +1,174 @@
+"""What the graph's nodes run with: the run's context and its resources.
+
+LangGraph passes :class:`RunContext` to every node (``context_schema``). It names the
+run and the database; the heavy parts (store, model + SAE reader, verifier, LLM client)
+travel in :class:`Resources`. ``facsynth run`` builds those once and puts them in the
+context; LangGraph Studio, which can only pass the two strings, gets them built from
+the run's stored configuration on first use (:func:`resources`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from facsynth.agent.llm import LLMClient
+from facsynth.agent.tasks import TaskSpec, resolve_task
+from facsynth.db.catalog import Catalog
+from facsynth.db.runs import RunRecord, Runs
+from facsynth.db.store import Store
+from facsynth.graph.config import RunConfig
+from facsynth.tools.activations import SampleFeatures
+from facsynth.tools.datasets import Sample, sample_from_row
+from facsynth.tools.measure import Reader
+from facsynth.tools.verifier import DuplicateIndex, Verifier, span_text, text_hash
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Resources:
+    """A run's store, reader, verifier and LLM client, plus what it reads from the anchor."""
+
+    store: Store
+    run: RunRecord
+    cfg: RunConfig
+    reader: Reader
+    llm: LLMClient | None
+    task: TaskSpec
+    delta: float
+    threshold: float
+    anchor: list[tuple[Sample, SampleFeatures]] = field(default_factory=list)
+    anchor_dataset_id: int | None = None
+    base_elapsed_s: float = 0.0
+    """Wall time the run spent in earlier sessions."""
+    started: float = field(default_factory=time.monotonic)
+    """When this session began (wall-time budget and progress)."""
+    _spans: dict[int, list[str]] = field(default_factory=dict)
+    _dups: DuplicateIndex | None = None
+
+    @property
+    def runs(self) -> Runs:
+        return Runs(self.store)
+
+    @property
+    def catalog(self) -> Catalog:
+        return Catalog(self.store)
+
+    @property
+    def verifier(self) -> Verifier:
+        return Verifier(self.reader.encoder, delta=self.delta, threshold=self.threshold)
+
+    def elapsed_s(self) -> float:
+        """Wall time spent synthesizing, over every session of the run."""
+        return self.base_elapsed_s + time.monotonic() - self.started
+
+    def explanation(self, feature: int) -> str | None:
+        exp = self.catalog.explanation(self.run.reader_id, feature)
+        return None if exp is None or exp.cannot_tell else exp.text
+
+    def top_spans(self, feature: int, n: int = 3) -> list[str]:
+        """The feature's strongest spans: from a stored span collection over the anchor,
+        else read now from the anchor samples that fire it most (cached)."""
+        if feature in self._spans:
+            return self._spans[feature]
+        spans: list[str] = []
+        if self.anchor_dataset_id is not None:
+            stored = self.catalog.spans(self.run.reader_id, self.anchor_dataset_id, [feature]).get(feature, [])
+            spans = [span_text({"tokens": s.tokens[-12:]}) for s in stored[:n]]
+        if not spans and self.anchor:
+            acts = []
+            for i, (_, sf) in enumerate(self.anchor):
+                hit = np.flatnonzero(sf.feature_ids == feature)
+                if hit.size:
+                    acts.append((float(sf.max_acts[hit[0]]), i))
+            acts.sort(reverse=True)
+            verifier = Verifier(self.reader.encoder, delta=self.delta, threshold=self.threshold, window=12)
+            spans = [span_text(verifier.span(self.anchor[i][0], feature)) for _, i in acts[:n]]
+        self._spans[feature] = [s for s in spans if s]
+        return self._spans[feature]
+
+    def duplicates(self) -> DuplicateIndex:
+        """Seed samples and the run's accepted samples, for the duplicate checks."""
+        if self._dups is None:
+            index = DuplicateIndex(self.reader.sae.d_sae, self.cfg.near_duplicate_cosine)
+            setup = self.run.config.get("setup", {})
+            seed_id = setup.get("seed_dataset_id")
+            if seed_id is not None:
+                rows = self.store.dataset_samples(int(seed_id))
+                feats = self.store.stored_features(self.run.reader_id, [h for h, _ in rows])
+                for i, (h, payload) in enumerate(rows):
+                    if h in feats:
+                        index.add(f"seed sample {i + 1}", text_hash(sample_from_row(payload)), feats[h])
+            for s in self.runs.samples(self.run.id):
+                c = s.candidate
+                if c.feature_ids is not None and c.max_acts is not None:
+                    sf = SampleFeatures("", 0, c.feature_ids, c.max_acts)
+                    index.add(f"accepted sample {s.id}", c.text_hash, sf)
+            self._dups = index
+        return self._dups
+
+
+def open_resources(
+    store: Store, run: RunRecord, *, llm: LLMClient | None, reader: Reader | None = None
+) -> Resources:
+    """Resources for a stored run: its reader (model, SAE, layer from the run's config),
+    its task, and the anchor's stored readings."""
+    payload = run.config
+    cfg = RunConfig.model_validate(payload["config"])
+    setup: dict[str, Any] = payload.get("setup", {})
+    if reader is None:
+        reader = Reader(cfg.model, cfg.sae, cfg.layer, store=store)
+    task = resolve_task(Catalog(store), cfg.task, cfg.tasks_file)
+    res = Resources(
+        store=store, run=run, cfg=cfg, reader=reader, llm=llm, task=task,
+        delta=float(setup["delta"]), threshold=float(setup["threshold"]),
+        anchor_dataset_id=setup.get("anchor_dataset_id"), base_elapsed_s=run.elapsed_s,
+    )
+    if res.anchor_dataset_id is not None:
+        rows = store.dataset_samples(int(res.anchor_dataset_id))
+        feats = store.stored_features(run.reader_id, [h for h, _ in rows])
+        res.anchor = [(sample_from_row(p), feats[h]) for h, p in rows if h in feats]
+    return res
+
+
+@dataclass
+class RunContext:
+    """The graph's runtime context: which run, in which database, with what resources."""
+
+    run: str = ""
+    """The run's name."""
+    db: str | None = None
+    """The store's SQLAlchemy URL (``$FACSYNTH_DB`` or ``sqlite:///facsynth.db`` when None)."""
+    res: Resources | None = None
+    """Built by ``facsynth run``; None: built from the stored run on first use."""
+
+
+_built: dict[tuple[str, str | None], Resources] = {}
+
+
+def resources(ctx: RunContext) -> Resources:
+    """The context's resources, building them from the store when the caller gave none
+    (LangGraph Studio). Those are kept for the life of the process."""
+    if ctx.res is not None:
+        return ctx.res
+    key = (ctx.run, ctx.db)
+    if key not in _built:
+        from facsynth.agent.llm import LLMClient
+        from facsynth.agent.server import EmbeddedServer
+        from facsynth.db.store import open_store
+
+        store = open_store(ctx.db)
+        run = Runs(store).get(ctx.run)
+        cfg = RunConfig.model_validate(run.config["config"])
+        if cfg.llm.base_url is None:
+            server = EmbeddedServer(cfg.llm.server, model_alias=cfg.llm.model).start()
+            llm = LLMClient(cfg.llm, store=store, endpoints=server.base_urls, llama_cpp=True)
+        else:
+            llm = LLMClient(cfg.llm, store=store)
+        _built[key] = open_resources(store, run, llm=llm)
+    return _built[key]

@@ -1,0 +1,78 @@
+"""The planner node: picks the next target features, or stops the run.
+
+It stops when FAC over the run's feature set reaches the target, when the budget
+(generator calls, tokens, wall time) is spent, when the user paused the run, or when no
+feature is left that is neither covered, exhausted nor excluded.
+
+Order of the agent strategy: features left in progress by an earlier stop first, then
+the user's focus, then priority (task relevance, explanation score, how readily the
+anchor fires the feature), then fewest attempts. The paper strategy walks the missing
+list as it was computed at the start, in feature-id order, including features another
+sample has covered meanwhile: the authors' pipeline does not look back.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from langgraph.runtime import Runtime
+
+from facsynth.db.runs import EXCLUDED_BY_USER, HELD_BACK, FeatureState, Runs
+from facsynth.graph import directives
+from facsynth.graph.budget import spent, stop_reason
+from facsynth.graph.config import RunConfig
+from facsynth.graph.context import RunContext, resources
+from facsynth.graph.state import SynthState
+
+log = logging.getLogger(__name__)
+
+
+def choose(features: list[FeatureState], n: int, *, strategy: str, focus: set[int], exclude: set[int]) -> list[int]:
+    """The next ``n`` targets among ``features`` (pure: no store access)."""
+    if strategy == "paper":
+        todo = [f for f in features if f.attempts == 0 and f.status in ("pending", "covered") and f.feature not in exclude]
+        return [f.feature for f in sorted(todo, key=lambda f: f.feature)[:n]]
+    todo = [f for f in features if f.status in ("pending", "in_progress") and f.feature not in exclude]
+    todo.sort(key=lambda f: (f.status != "in_progress", f.feature not in focus, -f.priority, f.attempts, f.feature))
+    return [f.feature for f in todo[:n]]
+
+
+def planner(state: SynthState, runtime: Runtime[RunContext]) -> SynthState:
+    res = resources(runtime.context)
+    runs = Runs(res.store)
+    run = runs.get(res.run.name)
+    steer = directives.apply(RunConfig.model_validate(run.config["config"]), runs.directives(run.id))
+    cfg = steer.cfg
+    if steer.paused:
+        return {"batch": [], "stop_reason": "paused by the user"}
+    summary = runs.summary(run.id)
+    reason = stop_reason(summary, cfg, spent(res.store, run.name, res.elapsed_s()))
+    if reason is not None:
+        return {"batch": [], "stop_reason": reason}
+    features = runs.features(run.id)
+    excluded_now = [f.feature for f in features if f.feature in steer.exclude and f.status in ("pending", "in_progress")]
+    if excluded_now:
+        runs.set_feature_status(run.id, excluded_now, "excluded", EXCLUDED_BY_USER, only_from=("pending", "in_progress"))
+    restored = [
+        f.feature for f in features
+        if f.status == "excluded" and f.covered_by is None and f.feature not in steer.exclude
+        and (f.reason == EXCLUDED_BY_USER or f.feature in steer.focus)
+    ]
+    if restored:
+        runs.set_feature_status(run.id, restored, "pending", only_from=("excluded",))
+    if excluded_now or restored:
+        features = runs.features(run.id)
+    pick = choose(features, cfg.batch, strategy=cfg.strategy, focus=steer.focus, exclude=steer.exclude)
+    if not pick:
+        s = runs.summary(run.id)
+        held = sum(1 for f in features if f.status == "excluded" and f.reason == HELD_BACK)
+        return {
+            "batch": [],
+            "stop_reason": (
+                f"nothing left to target: {s.by_status['covered']} covered, {s.by_status['exhausted']} exhausted, "
+                f"{s.by_status['excluded']} excluded" + (f" ({held} held back by max_features)" if held else "")
+            ),
+        }
+    runs.set_feature_status(run.id, pick, "in_progress", only_from=("pending", "in_progress", "covered"))
+    log.debug("planner picked %s", pick)
+    return {"batch": pick, "stop_reason": None, "loop_step": state.get("loop_step", 0) + 1}

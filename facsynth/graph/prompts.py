@@ -1,0 +1,176 @@
+"""The generator's prompts and reply schemas.
+
+Step 1 (no pair yet) shows the target's explanation and the spans where it fires most.
+Step 2 adds the contrastive pair, as in the paper: the strongest and the weakest example
+so far, each with its activating span and score, and the rule "if the strong score is
+high, reuse its activating phrase verbatim, else paraphrase it". The agent strategy adds
+the verifier's feedback on the last attempt and the run's style directives; the paper
+strategy asks for two samples and gets no feedback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, create_model, field_validator
+
+from facsynth.agent.tasks import TaskSpec
+
+GENERATOR_SYSTEM = (
+    "You write training data. Every sample you write must be natural, self-contained and in the requested "
+    "format. Reply with JSON only."
+)
+
+
+MAX_CHARS = 1500
+
+
+def _clean(value: str) -> str:
+    value = value.strip()
+    if len(value) < 3:
+        raise ValueError("the sample is empty")
+    if len(value) > MAX_CHARS:
+        raise ValueError(f"the sample is longer than {MAX_CHARS} characters")
+    return value
+
+
+@lru_cache(maxsize=32)
+def _reply(name: str, fields: tuple[str, ...], labels: tuple[str, ...] | None) -> type[BaseModel]:
+    """A flat reply model (grammar-constrained decoding of small local models copes best
+    with flat objects): one text field per sample, plus ``<field>_label`` with ``labels``."""
+    spec: dict[str, Any] = {}
+    for f in fields:
+        spec[f] = (str, ...)  # lengths are checked in Python: llama.cpp's grammar for {3,1500} crashes it
+        if labels:
+            spec[f"{f}_label"] = (Literal[labels], ...)  # type: ignore[valid-type]
+    validators = {"_clean": field_validator(*fields)(classmethod(lambda cls, v: _clean(v)))}
+    return create_model(name, __validators__=validators, **spec)
+
+
+POSITIVE = "sample_using_the_marked_words"
+NEGATIVE = "similar_sample_without_them"
+FIRST, SECOND = "first_sample_using_the_marked_words", "second_sample_using_them_differently"
+"""Reply keys: descriptive, because a small model writes what the key says."""
+REPLY_ECHOES = (POSITIVE, NEGATIVE, FIRST, SECOND, "ContrastivePair", "TwoSamples")
+"""Texts that only repeat the reply format: a candidate equal to one is no sample."""
+
+
+def pair_model(labels: tuple[str, ...] | None) -> type[BaseModel]:
+    """The agent's reply: a positive (fires the feature) and a negative (same topic, does not)."""
+    return _reply("ContrastivePair", (POSITIVE, NEGATIVE), labels)
+
+
+def two_samples_model(labels: tuple[str, ...] | None) -> type[BaseModel]:
+    """The paper strategy's reply: two samples meant to fire the feature."""
+    return _reply("TwoSamples", (FIRST, SECOND), labels)
+
+
+def task_labels(task: TaskSpec) -> tuple[str, ...] | None:
+    labels = (task.format or {}).get("label")
+    if isinstance(labels, (list, tuple)) and labels:
+        return tuple(str(x) for x in labels)
+    return None
+
+
+def task_sample_format(task: TaskSpec) -> str:
+    return str((task.format or {}).get("sample") or "one user message (a prompt to an assistant)")
+
+
+@dataclass
+class Shown:
+    """An earlier candidate as the prompt shows it."""
+
+    text: str
+    activation: float
+    span: str
+
+
+@dataclass
+class GenerationRequest:
+    """Everything one generator call is written from (all read from the store)."""
+
+    feature: int
+    step: int
+    strategy: str
+    task: TaskSpec
+    explanation: str | None
+    spans: list[str]
+    threshold: float
+    strong: Shown | None = None
+    weak: Shown | None = None
+    feedback: list[str] = field(default_factory=list)
+    style: list[str] = field(default_factory=list)
+
+
+def _feature_block(req: GenerationRequest) -> list[str]:
+    lines = []
+    if req.explanation:
+        lines.append(f"Theme: {req.explanation}")
+    if req.spans:
+        lines.append("Snippets (the words to use are marked <<like this>>):")
+        lines += [f"{i}. {s}" for i, s in enumerate(req.spans, 1)]
+    return lines
+
+
+def _pair_block(req: GenerationRequest) -> list[str]:
+    lines: list[str] = []
+    if req.strong is not None:
+        lines.append(
+            f"Strong example (score {req.strong.activation:.1f}): {req.strong.text!r}; it fires at: {req.strong.span}"
+        )
+    if req.weak is not None:
+        lines.append(f"Weak example (score {req.weak.activation:.1f}): {req.weak.text!r}")
+    if req.strong is not None:
+        if req.strong.activation > req.threshold:
+            lines.append("The strong score is high: reuse its activating phrase verbatim in a new context.")
+        else:
+            lines.append("The strong score is still low: paraphrase its activating phrase and make it more central.")
+    return lines
+
+
+def render(req: GenerationRequest) -> list[tuple[str, str]]:
+    """The chat messages of one generator call."""
+    fmt = task_sample_format(req.task)
+    labels = task_labels(req.task)
+    lines = [f"Task: {req.task.definition}", f"Sample format: {fmt}"]
+    if labels:
+        lines.append(f"Label each sample with one of: {', '.join(labels)}.")
+    lines.append("")
+    lines += _feature_block(req)
+    if req.step == 2:
+        lines.append("")
+        lines += _pair_block(req)
+    if req.feedback:
+        lines.append("")
+        lines.append("Feedback on your last attempt:")
+        lines += [f"- {f}" for f in req.feedback]
+    if req.style:
+        lines.append("")
+        lines.append("The user asks for this style:")
+        lines += [f"- {s}" for s in req.style]
+    lines.append("")
+    if req.strategy == "paper":
+        lines.append(
+            f"Write two different new samples in the sample format. Both must use the marked words of the snippets "
+            f"(\"{FIRST}\", \"{SECOND}\")."
+        )
+    else:
+        lines.append(
+            f"Write a new sample in the sample format that uses the marked words of the snippets (\"{POSITIVE}\"), "
+            f"and a sample on the same topic that does not use them (\"{NEGATIVE}\")."
+        )
+    return [("system", GENERATOR_SYSTEM), ("user", "\n".join(lines))]
+
+
+def reply_model(strategy: str, task: TaskSpec) -> type[BaseModel]:
+    labels = task_labels(task)
+    return two_samples_model(labels) if strategy == "paper" else pair_model(labels)
+
+
+def reply_examples(strategy: str, reply: BaseModel) -> list[tuple[str, str, str | None]]:
+    """(role, text, label) of each sample of a parsed reply."""
+    fields = (("sample", FIRST), ("sample", SECOND)) if strategy == "paper" else (("positive", POSITIVE), ("negative", NEGATIVE))
+    data = reply.model_dump()
+    return [(role, data[f], data.get(f"{f}_label")) for role, f in fields]

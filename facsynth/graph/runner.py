@@ -1,0 +1,233 @@
+"""Starting, executing and resuming synthesis runs.
+
+:func:`prepare_run` measures the seed and the anchor, chooses the feature set F (the
+task's relevant features in the store, active on the anchor; else every feature active
+on the anchor), stores the run with its missing features and their priorities.
+:func:`execute` streams the graph under a checkpointer (SQLite file or PostgreSQL,
+whichever the store is) with the run's name as thread id, so a stopped run, even one
+killed with SIGKILL, continues where its last step ended: everything a step produced is
+in the store before the step's checkpoint is written, and a step that runs again finds
+its stored work (candidates, verdicts, LLM replies) instead of redoing it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facsynth.agent.llm import LLMClient
+from facsynth.agent.tasks import resolve_task
+from facsynth.db.catalog import Catalog
+from facsynth.db.runs import RunRecord, Runs, Summary
+from facsynth.db.store import Store
+from facsynth.errors import InputError, StoreError
+from facsynth.graph.config import RunConfig, check_run_name
+from facsynth.graph.context import Resources, RunContext, open_resources
+from facsynth.graph.graph import build_graph
+from facsynth.tools.datasets import Dataset, load_dataset
+from facsynth.tools.measure import Reader
+
+log = logging.getLogger(__name__)
+
+LABEL_WEIGHT = {"Yes": 3.0, "Probably": 2.0, "Maybe": 1.0, "No": 0.0}
+
+
+def default_run_name(cfg: RunConfig) -> str:
+    return f"{cfg.task}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+
+
+def _priorities(catalog: Catalog, reader_id: int, task: str, missing: list[int], anchor_freq: np.ndarray) -> dict[int, float]:
+    """Task relevance first, then the explanation's scores, then how readily the anchor fires it."""
+    labels: dict[int, float] = {}
+    for r in catalog.relevance(reader_id, task, missing):
+        labels[r.feature] = max(labels.get(r.feature, 0.0), LABEL_WEIGHT.get(r.label, 0.0))
+    exps = catalog.explanations(reader_id, missing)
+    out = {}
+    for f in missing:
+        e = exps.get(f)
+        exp_score = 0.0
+        if e is not None and not e.cannot_tell:
+            exp_score = 0.5 + (e.detection_score or 0.0)
+        out[f] = round(10.0 * labels.get(f, 0.0) + exp_score + float(anchor_freq[f]), 6)
+    return out
+
+
+def prepare_run(cfg: RunConfig, name: str | None, store: Store, reader: Reader | None = None,
+                progress: Any = None) -> tuple[RunRecord, Reader]:
+    """Measure, find the missing features and create the run (nothing is stored on bad input)."""
+    name = check_run_name(name) if name else default_run_name(cfg)
+    runs = Runs(store)
+    if any(r.name == name for r in runs.all()):
+        raise InputError(f"a run named {name!r} exists in {store.url}; resume it with `facsynth resume {name}` or pick another --run")
+    catalog = Catalog(store)
+    task = resolve_task(catalog, cfg.task, cfg.tasks_file)
+    seed = load_dataset(cfg.seed)
+    anchor: Dataset | None = load_dataset(cfg.anchor) if cfg.anchor else None
+    reader = reader or Reader(cfg.model, cfg.sae, cfg.layer, store=store)
+    if reader.store is not store:
+        raise StoreError("the reader must use the run's store")
+    delta = reader.default_delta if cfg.delta is None else float(cfg.delta)
+    threshold = delta if cfg.threshold is None else float(cfg.threshold)
+    if threshold < delta:
+        raise InputError(f"threshold {threshold:g} is below delta {delta:g}: an accepted positive would not count as active")
+    rid = reader.reader_id
+    assert rid is not None
+    seed_counted = reader.count(seed, [delta], progress)
+    seed_active = seed_counted.counter.active(delta)
+    d_sae = reader.sae.d_sae
+    anchor_freq = np.zeros(d_sae, dtype=np.float64)
+    anchor_id = None
+    relevant = catalog.relevant_features(rid, task.name)
+    if anchor is not None:
+        anchor_counted = reader.count(anchor, [delta], progress)
+        anchor_active = anchor_counted.counter.active(delta)
+        hits = anchor_counted.counter.hits[0]
+        anchor_freq = hits / max(len(anchor), 1)
+        anchor_id = store.register_dataset(anchor.name, anchor.source, [(s.sample_hash, s.payload) for s in anchor])
+        if relevant:
+            fset = np.intersect1d(np.asarray(relevant, dtype=np.int64), np.flatnonzero(anchor_active))
+            how = f"features relevant to task {task.name} ({len(relevant)}) that fire on anchor {anchor.name}"
+        else:
+            fset = np.flatnonzero(anchor_active)
+            how = (
+                f"features that fire on anchor {anchor.name} (task {task.name} has no relevant set for this model "
+                "and SAE in the store; select one with `facsynth features relevance` or `features judge`)"
+            )
+    elif relevant:
+        fset = np.asarray(relevant, dtype=np.int64)
+        how = f"features relevant to task {task.name}"
+    else:
+        raise InputError(
+            f"no feature set: task {task.name!r} has no relevant features in {store.url} for this model and SAE; "
+            "give --anchor (F = features active on it) or select features with `facsynth features relevance`"
+        )
+    if fset.size == 0:
+        raise InputError("the feature set is empty: the anchor fires no feature above delta")
+    missing = [int(f) for f in fset if not seed_active[f]]
+    pri = _priorities(catalog, rid, task.name, missing, anchor_freq)
+    held_back: list[int] = []
+    if cfg.max_features is not None and len(missing) > cfg.max_features:
+        ranked = sorted(missing, key=lambda f: (-pri[f], f))
+        held_back = ranked[cfg.max_features :]
+        how += f"; synthesis targets its {cfg.max_features} highest-priority missing features"
+    seed_id = store.register_dataset(seed.name, seed.source, [(s.sample_hash, s.payload) for s in seed])
+    payload = {
+        "config": cfg.model_dump(mode="json"),
+        "setup": {
+            "delta": delta, "threshold": threshold, "seed_dataset_id": seed_id, "anchor_dataset_id": anchor_id,
+            "seed_samples": len(seed), "anchor_samples": len(anchor) if anchor is not None else 0,
+        },
+    }
+    run = runs.create(
+        name, strategy=cfg.strategy, task=task.name, reader_id=rid, config=payload, feature_set=how,
+        n_relevant=int(fset.size), n_seed_covered=int(fset.size) - len(missing), missing={f: pri[f] for f in missing},
+        held_back=held_back,
+    )
+    runs.add_progress(run.id, llm_calls=0, tokens=0, elapsed_s=0.0)
+    return run, reader
+
+
+# --------------------------------------------------------------------------- checkpointers
+
+
+def checkpoint_path(store: Store) -> Path | None:
+    """The SQLite file of the run checkpoints: beside the store's file (None: in memory)."""
+    url = store.engine.url
+    if not url.database or url.database == ":memory:":
+        return None
+    db = Path(url.database)
+    return db.with_name(db.name + ".checkpoints")
+
+
+@contextmanager
+def open_checkpointer(store: Store) -> Iterator[Any]:
+    """langgraph-checkpoint-sqlite beside a SQLite store, the Postgres saver for PostgreSQL."""
+    dialect = store.engine.dialect.name
+    if dialect == "sqlite":
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        path = checkpoint_path(store)
+        conn = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, timeout=30)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            saver = SqliteSaver(conn)
+            saver.setup()
+            yield saver
+        finally:
+            conn.close()
+    elif dialect == "postgresql":
+        try:
+            from langgraph.checkpoint.postgres import PostgresSaver
+        except ImportError as exc:
+            raise StoreError("PostgreSQL runs need `pip install 'facsynth[postgres]'` (langgraph-checkpoint-postgres)") from exc
+        conninfo = store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        with PostgresSaver.from_conn_string(conninfo) as saver:
+            saver.setup()
+            yield saver
+    else:
+        raise StoreError(f"runs need a SQLite or PostgreSQL store to checkpoint; {dialect} has no LangGraph saver")
+
+
+# --------------------------------------------------------------------------- executing
+
+
+OnStep = Callable[[str, Summary], None]
+
+
+def execute(store: Store, run_name: str, *, llm: LLMClient, reader: Reader | None = None,
+            on_step: OnStep | None = None, checkpointer: Any = None) -> Summary:
+    """Run (or continue) the graph of ``run_name`` until the planner stops it.
+
+    Sets the run's status: ``running`` while it executes, ``done`` with the planner's
+    reason, ``paused`` when the user paused it, ``stopped`` on Ctrl-C or an error (then
+    re-raised). Wall time is added to the run's total either way.
+    """
+    runs = Runs(store)
+    run = runs.get(run_name)
+    res = open_resources(store, run, llm=llm, reader=reader)
+    ctx = RunContext(run=run.name, db=store.url, res=res)
+    config = {"configurable": {"thread_id": run.name}, "recursion_limit": 1_000_000}
+    with (open_checkpointer(store) if checkpointer is None else _given(checkpointer)) as saver:
+        graph = build_graph(saver)
+        snapshot = graph.get_state(config)
+        pending = bool(snapshot.next)
+        runs.set_status(run.id, "running")
+        reason: str | None = None
+        try:
+            stream = graph.stream(None if pending else {"run": run.name, "batch": [], "loop_step": 0, "stop_reason": None},
+                                  config, context=ctx, stream_mode="updates")
+            for update in stream:
+                for node, values in update.items():
+                    if node == "planner" and values and values.get("stop_reason"):
+                        reason = values["stop_reason"]
+                    if on_step is not None:
+                        on_step(node, runs.summary(run.id))
+        except BaseException as exc:
+            why = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else f"stopped by an error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            runs.set_status(run.id, "stopped", why, elapsed_s=res.elapsed_s())
+            raise
+        status = "paused" if reason == "paused by the user" else "done"
+        runs.set_status(run.id, status, reason or "finished", elapsed_s=res.elapsed_s())
+    return runs.summary(run.id)
+
+
+@contextmanager
+def _given(saver: Any) -> Iterator[Any]:
+    yield saver
+
+
+def eta_s(summary: Summary, cfg: RunConfig, elapsed_s: float) -> float | None:
+    """Seconds to the FAC target at the rate so far (None before any gain)."""
+    gained = summary.covered
+    if gained <= 0 or elapsed_s <= 0 or summary.run.n_relevant == 0:
+        return None
+    need = math.ceil(cfg.target_fac * summary.run.n_relevant) - summary.run.n_seed_covered - gained
+    return max(0.0, need * elapsed_s / gained)
