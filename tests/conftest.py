@@ -8,8 +8,11 @@ and the SAE the package ships, once per session. Tests that change them deep-cop
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
+
+from facsynth.agent.server import EmbeddedServer, ServerConfig
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -33,3 +36,18 @@ def encoder(subject, default_sae):
     from facsynth.tools.encoder import FeatureEncoder
 
     return FeatureEncoder(subject, default_sae, batch_size=8)
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Iterator[EmbeddedServer]:
+    """The real llama.cpp server, one instance, small context; stopped however the session ends."""
+    server = EmbeddedServer(ServerConfig(instances=1, threads_per_instance=1, n_ctx=1024), model_alias="smollm2-135m-instruct")
+    server.start()
+    try:
+        yield server
+    finally:
+        pids = server.pids
+        server.stop()
+    from agent.conftest import llama_server_pids
+
+    assert not set(pids) & set(llama_server_pids()), "the embedded server outlived stop()"

@@ -66,19 +66,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-@pytest.fixture(scope="session")
-def llama_server() -> Iterator[EmbeddedServer]:
-    """The real llama.cpp server, one instance, small context; stopped however the session ends."""
-    server = EmbeddedServer(ServerConfig(instances=1, threads_per_instance=1, n_ctx=1024), model_alias="smollm2-135m-instruct")
-    server.start()
-    try:
-        yield server
-    finally:
-        pids = server.pids
-        server.stop()
-    assert not set(pids) & set(llama_server_pids()), "the embedded server outlived stop()"
-
-
 # -- the scripted fake endpoint -----------------------------------------------------------------
 
 

@@ -1,0 +1,299 @@
+"""``facsynth run|resume|status|runs|export``: synthesis runs from the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+console = Console()
+
+DB = typer.Option(None, "--db", help="SQLAlchemy URL of the store (default: $FACSYNTH_DB or sqlite:///facsynth.db).")
+BASE_URL = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint of the generator; default: the embedded llama.cpp server.")
+LLM_MODEL = typer.Option(None, "--llm-model", help="Generator model name sent with each request.")
+API_KEY_ENV = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key (never stored).")
+REPORT_DIR = typer.Option(Path("facsynth-runs"), "--report-dir", help="Where the coverage report (JSON + PNG) of each run goes.")
+
+
+def _budget(calls: int | None, tokens: int | None, seconds: float | None) -> dict[str, Any]:
+    return {k: v for k, v in {"calls": calls, "tokens": tokens, "seconds": seconds}.items() if v is not None}
+
+
+def _validated(model: Any, data: dict[str, Any]) -> Any:
+    from pydantic import ValidationError
+
+    from facsynth.errors import InputError
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        where = ".".join(str(x) for x in e["loc"]) or "options"
+        raise InputError(f"bad option {where}: {e['msg']}") from None
+
+
+def _llm(base_url: str | None, llm_model: str | None, api_key_env: str, batch: int) -> dict[str, Any]:
+    from facsynth.agent.llm import DEFAULT_MODEL
+
+    instances = max(1, min(batch, os.cpu_count() or 1, 16))
+    return {
+        "base_url": base_url, "model": llm_model or DEFAULT_MODEL, "api_key_env": api_key_env,
+        "temperature": 0.8, "top_p": 0.9, "max_tokens": 320, "max_concurrency": max(batch, 1),
+        "server": {"instances": instances},
+    }
+
+
+def _panel(summary: Any, cfg: Any, started: float, spent_calls: int, tokens: int) -> Group:
+    from facsynth.graph.runner import eta_s
+
+    s = summary
+    elapsed = time.monotonic() - started
+    eta = eta_s(s, cfg, elapsed)
+    rate = "-" if s.acceptance_rate is None else f"{s.acceptance_rate:.0%}"
+    b = cfg.budget
+    lines = [
+        f"[bold]FAC[/] {s.fac:.1%} (seed {s.fac_before:.1%}) / target {cfg.target_fac:.0%}    "
+        f"+{s.covered} features from {s.samples} accepted samples",
+        f"covered {s.by_status['covered']}  exhausted {s.by_status['exhausted']}  in progress {s.by_status['in_progress']}  "
+        f"pending {s.by_status['pending']}  excluded {s.by_status['excluded']}",
+        f"acceptance {rate}   generator calls {spent_calls}{'' if b.calls is None else f'/{b.calls}'}   tokens {tokens}   "
+        f"elapsed {elapsed:.0f} s   ETA to target {'-' if eta is None else f'{eta:.0f} s'}",
+    ]
+    return Group(*(Text.from_markup(x) for x in lines))
+
+
+def _execute(store: Any, run_name: str, cfg: Any, *, reader: Any = None, quiet: bool = False) -> Any:
+    from facsynth.agent.llm import LLMConfig, open_client
+    from facsynth.graph.budget import spent
+    from facsynth.graph.runner import execute
+
+    started = time.monotonic()
+    llm_cfg = LLMConfig.model_validate(cfg.llm.model_dump())
+    with open_client(llm_cfg, store=store) as client:
+        if quiet or not console.is_terminal:
+            last = [0.0]
+
+            def on_step(node: str, s: Any) -> None:
+                if node == "verifier" and time.monotonic() - last[0] > 5:
+                    last[0] = time.monotonic()
+                    used = spent(store, run_name, 0.0)
+                    console.print(
+                        f"FAC {s.fac:.1%} (+{s.covered}) | covered {s.by_status['covered']} exhausted "
+                        f"{s.by_status['exhausted']} pending {s.by_status['pending']} | accepted {s.samples} | "
+                        f"calls {used.calls}", highlight=False,
+                    )
+
+            return execute(store, run_name, llm=client, reader=reader, on_step=on_step)
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+
+            def on_live(node: str, s: Any) -> None:
+                used = spent(store, run_name, 0.0)
+                live.update(_panel(s, cfg, started, used.calls, used.tokens))
+
+            return execute(store, run_name, llm=client, reader=reader, on_step=on_live)
+
+
+def _finish(store: Any, run_name: str, report_dir: Path, target: float) -> None:
+    from facsynth.graph.report import coverage_report, plot_curve
+
+    rep = coverage_report(store, run_name)
+    out = report_dir / run_name
+    out.mkdir(parents=True, exist_ok=True)
+    png = plot_curve(rep, out / "fac_curve.png", target)
+    tmp = out / ".report.json.tmp"
+    tmp.write_text(rep.model_dump_json(indent=2), encoding="utf-8")
+    os.replace(tmp, out / "report.json")
+    _print_report(rep)
+    console.print(f"report: {out / 'report.json'}   plot: {png}")
+    console.print(f"export: facsynth export {run_name} --out {run_name}.jsonl")
+
+
+def _print_report(rep: Any) -> None:
+    t = Table(title=f"run {rep.run} ({rep.strategy}, task {rep.task}): {rep.status}", show_header=False)
+    t.add_row("feature set", f"{rep.n_relevant}: {rep.feature_set}")
+    t.add_row("FAC before", f"{rep.fac_before:.1%}")
+    t.add_row("FAC after", f"{rep.fac_after:.1%}  (+{rep.covered_by_run} features, verified through the SAE)")
+    t.add_row("features", "  ".join(f"{k} {v}" for k, v in rep.by_status.items()))
+    rate = "-" if rep.acceptance_rate is None else f"{rep.acceptance_rate:.0%}"
+    t.add_row("samples", f"{rep.samples} accepted of {rep.candidates} candidates (acceptance {rate})")
+    t.add_row("LLM", f"{rep.llm_calls} generator calls, {rep.tokens} tokens, {rep.elapsed_s:.0f} s")
+    t.add_row("stopped", rep.stop_reason or "-")
+    console.print(t)
+
+
+def run_command(
+    task: str = typer.Option(..., "--task", "-t", help="Task: a preset (toxicity, instruction-following, helpfulness, sycophancy, survival-instinct) or one from --tasks-file."),
+    seed: Path = typer.Option(..., "--seed", "-s", help="The data whose gaps are filled (JSONL, CSV/TSV, text, HF dataset dir)."),
+    anchor: Optional[Path] = typer.Option(None, "--anchor", "-a", help="Corpus of the task's domain: F = relevant features active on it."),
+    target_fac: float = typer.Option(0.9, "--target-fac", help="Stop when FAC over F reaches this."),
+    budget_calls: Optional[int] = typer.Option(None, "--budget-calls", help="Stop after this many generator LLM calls."),
+    budget_tokens: Optional[int] = typer.Option(None, "--budget-tokens", help="Stop after this many LLM tokens (in + out)."),
+    budget_seconds: Optional[float] = typer.Option(None, "--budget-seconds", help="Stop after this much synthesis wall time."),
+    max_attempts: int = typer.Option(4, "--max-attempts", help="Generator calls per feature before it is exhausted (agent)."),
+    strategy: str = typer.Option("agent", "--strategy", help="agent (feedback, retries) or paper (the authors' fixed two steps)."),
+    run_name: Optional[str] = typer.Option(None, "--run", help="Run name (default: TASK-DATE-TIME)."),
+    batch: int = typer.Option(2, "--batch", help="Features worked on at once (concurrent generator calls)."),
+    max_features: Optional[int] = typer.Option(None, "--max-features", help="Target only the N highest-priority missing features."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Acceptance threshold of the target's activation (default: delta)."),
+    delta: Optional[float] = typer.Option(None, "--delta", help="Activation above which a feature is active (default: the SAE's recommended delta)."),
+    near_dup: float = typer.Option(0.95, "--near-dup", help="Feature-vector cosine at or above which a candidate is a near duplicate."),
+    min_words: int = typer.Option(4, "--min-words", help="Candidates with fewer words are rejected whatever they fire."),
+    tasks_file: Optional[Path] = typer.Option(None, "--tasks-file", help="TOML or YAML file of task definitions."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Subject model (default: bundled SmolLM2-135M-Instruct)."),
+    sae: Optional[str] = typer.Option(None, "--sae", help="SAE (default: the shipped SAE)."),
+    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Decoder block read (default: the SAE's)."),
+    base_url: Optional[str] = BASE_URL, llm_model: Optional[str] = LLM_MODEL, api_key_env: str = API_KEY_ENV,
+    db: Optional[str] = DB, report_dir: Path = REPORT_DIR,
+) -> None:
+    """Measure DATA's gaps over the task's features, then synthesize until the FAC target or the budget."""
+    from facsynth.db.store import open_store
+    from facsynth.graph.config import RunConfig, check_run_name
+    from facsynth.graph.runner import prepare_run
+    from facsynth.errors import InputError
+
+    if run_name is not None:
+        try:
+            check_run_name(run_name)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+    cfg = _validated(RunConfig, {
+        "task": task, "seed": str(seed), "anchor": str(anchor) if anchor else None,
+        "tasks_file": str(tasks_file) if tasks_file else None, "target_fac": target_fac,
+        "budget": _budget(budget_calls, budget_tokens, budget_seconds), "strategy": strategy,
+        "max_attempts": max_attempts, "batch": batch, "max_features": max_features, "delta": delta,
+        "threshold": threshold, "near_duplicate_cosine": near_dup, "min_words": min_words, "model": model, "sae": sae, "layer": layer,
+        "llm": _llm(base_url, llm_model, api_key_env, batch),
+    })
+    with open_store(db) as store:
+        console.print("measuring the seed and the anchor ...")
+        run, reader = prepare_run(cfg, run_name, store)
+        console.print(
+            f"run [bold]{run.name}[/]: F = {run.n_relevant} {run.feature_set}\n"
+            f"seed FAC {run.n_seed_covered / run.n_relevant:.1%}; {run.n_relevant - run.n_seed_covered} missing features to target"
+        )
+        _go(store, run.name, cfg, report_dir, reader=reader)
+
+
+def _go(store: Any, name: str, cfg: Any, report_dir: Path, reader: Any = None) -> None:
+    try:
+        _execute(store, name, cfg, reader=reader)
+    except KeyboardInterrupt:
+        console.print(f"\nstopped. Everything accepted so far is stored; continue with: [bold]facsynth resume {name}[/]")
+        raise
+    _finish(store, name, report_dir, cfg.target_fac)
+
+
+def resume_command(
+    run_name: str = typer.Argument(..., help="The run to continue."),
+    target_fac: Optional[float] = typer.Option(None, "--target-fac", help="A new FAC target."),
+    budget_calls: Optional[int] = typer.Option(None, "--budget-calls", help="A new call budget (total over the run)."),
+    budget_tokens: Optional[int] = typer.Option(None, "--budget-tokens", help="A new token budget (total)."),
+    budget_seconds: Optional[float] = typer.Option(None, "--budget-seconds", help="A new wall-time budget (total)."),
+    db: Optional[str] = DB, report_dir: Path = REPORT_DIR,
+) -> None:
+    """Continue a stopped run (Ctrl-C, kill -9, budget spent) exactly where it stopped."""
+    from facsynth.db.runs import Runs
+    from facsynth.db.store import open_store
+    from facsynth.graph.config import RunConfig
+
+    with open_store(db) as store:
+        runs = Runs(store)
+        run = runs.get(run_name)
+        payload = dict(run.config)
+        cfg = RunConfig.model_validate(payload["config"])
+        changes: dict[str, Any] = {}
+        if target_fac is not None:
+            changes["target_fac"] = target_fac
+        new_budget = _budget(budget_calls, budget_tokens, budget_seconds)
+        if new_budget:
+            changes["budget"] = cfg.budget.model_dump() | new_budget
+        if changes:
+            cfg = _validated(RunConfig, cfg.model_dump(mode="json") | changes)
+            payload["config"] = cfg.model_dump(mode="json")
+            runs.update_config(run.id, payload)
+        console.print(f"resuming run [bold]{run.name}[/] ({run.status}: {run.stop_reason or '-'})")
+        _go(store, run.name, cfg, report_dir)
+
+
+def status_command(
+    run_name: Optional[str] = typer.Argument(None, help="A run (default: the latest)."),
+    db: Optional[str] = DB,
+    as_json: bool = typer.Option(False, "--json", help="Print the coverage report as JSON."),
+) -> None:
+    """Where a run stands: FAC, features by status, samples, calls, directives."""
+    from facsynth.db.runs import Runs
+    from facsynth.db.store import open_store
+    from facsynth.errors import InputError
+    from facsynth.graph.report import coverage_report
+
+    with open_store(db) as store:
+        runs = Runs(store)
+        if run_name is None:
+            latest = runs.latest()
+            if latest is None:
+                raise InputError(f"no runs in {store.url}; start one with `facsynth run`")
+            run_name = latest.name
+        rep = coverage_report(store, run_name)
+        if as_json:
+            typer.echo(rep.model_dump_json(indent=2))
+            return
+        _print_report(rep)
+        run = runs.get(run_name)
+        ds = runs.directives(run.id, active_only=False)
+        if ds:
+            t = Table(title="steering directives")
+            for col in ("id", "kind", "args", "words", "active"):
+                t.add_column(col)
+            for d in ds:
+                t.add_row(str(d.id), d.kind, json.dumps(d.args), d.words, "yes" if d.active else "undone")
+            console.print(t)
+
+
+def runs_command(db: Optional[str] = DB) -> None:
+    """List the runs in the store, newest first."""
+    from facsynth.db.runs import Runs
+    from facsynth.db.store import open_store
+
+    with open_store(db) as store:
+        runs = Runs(store)
+        t = Table(title=f"runs in {store.url}")
+        for col in ("run", "task", "strategy", "status", "FAC before", "FAC now", "samples", "updated"):
+            t.add_column(col)
+        for r in runs.all():
+            s = runs.summary(r.id)
+            t.add_row(r.name, r.task, r.strategy, r.status, f"{s.fac_before:.1%}", f"{s.fac:.1%}", str(s.samples),
+                      r.updated_at.strftime("%Y-%m-%d %H:%M"))
+        console.print(t)
+
+
+def export_command(
+    run_name: str = typer.Argument(..., help="The run whose accepted samples are exported."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (jsonl/parquet) or directory (hf). Default: RUN.FORMAT"),
+    fmt: str = typer.Option("jsonl", "--format", "-f", help="jsonl, parquet or hf (a saved HF dataset dir)."),
+    with_seed: bool = typer.Option(False, "--with-seed", help="Put the seed's samples first (source: seed)."),
+    db: Optional[str] = DB,
+) -> None:
+    """Export a run's accepted samples with provenance, as chat messages and Alpaca-style records."""
+    from facsynth.db.export import export_run
+    from facsynth.db.store import open_store
+
+    target = out or Path(f"{run_name}.{ 'hf' if fmt == 'hf' else fmt}")
+    with open_store(db) as store:
+        n = export_run(store, run_name, target, fmt, with_seed=with_seed)  # type: ignore[arg-type]
+    console.print(f"wrote {n} records to {target}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_command)
+    app.command("resume")(resume_command)
+    app.command("status")(status_command)
+    app.command("runs")(runs_command)
+    app.command("export")(export_command)
