@@ -48,7 +48,7 @@ class Resources:
     """Wall time the run spent in earlier sessions."""
     started: float = field(default_factory=time.monotonic)
     """When this session began (wall-time budget and progress)."""
-    _spans: dict[int, list[str]] = field(default_factory=dict)
+    _spans: dict[int, list[tuple[str, float]]] = field(default_factory=dict)
     _dups: DuplicateIndex | None = None
 
     @property
@@ -72,14 +72,18 @@ class Resources:
         return None if exp is None or exp.cannot_tell else exp.text
 
     def top_spans(self, feature: int, n: int = 3) -> list[str]:
-        """The feature's strongest spans: from a stored span collection over the anchor,
-        else read now from the anchor samples that fire it most (cached)."""
+        """The feature's strongest spans on one line each, peak marked (see :meth:`anchor_spans`)."""
+        return [text for text, _ in self.anchor_spans(feature, n)]
+
+    def anchor_spans(self, feature: int, n: int = 3) -> list[tuple[str, float]]:
+        """The feature's strongest (span, activation) pairs: from a stored span collection over
+        the anchor, else read now from the anchor samples that fire it most (cached)."""
         if feature in self._spans:
-            return self._spans[feature]
-        spans: list[str] = []
+            return self._spans[feature][:n]
+        spans: list[tuple[str, float]] = []
         if self.anchor_dataset_id is not None:
             stored = self.catalog.spans(self.run.reader_id, self.anchor_dataset_id, [feature]).get(feature, [])
-            spans = [span_text({"tokens": s.tokens[-12:]}) for s in stored[:n]]
+            spans = [(span_text({"tokens": s.tokens[-12:]}), float(s.activation)) for s in stored[:n]]
         if not spans and self.anchor:
             acts = []
             for i, (_, sf) in enumerate(self.anchor):
@@ -88,8 +92,8 @@ class Resources:
                     acts.append((float(sf.max_acts[hit[0]]), i))
             acts.sort(reverse=True)
             verifier = Verifier(self.reader.encoder, delta=self.delta, threshold=self.threshold, window=12)
-            spans = [span_text(verifier.span(self.anchor[i][0], feature)) for _, i in acts[:n]]
-        self._spans[feature] = [s for s in spans if s]
+            spans = [(span_text(verifier.span(self.anchor[i][0], feature)), act) for act, i in acts[:n]]
+        self._spans[feature] = [(text, act) for text, act in spans if text]
         return self._spans[feature]
 
     def duplicates(self) -> DuplicateIndex:

@@ -50,7 +50,8 @@ def build_request(res: Resources, cfg: RunConfig, feature: int, attempt: int, st
     """The prompt inputs of ``attempt`` for ``feature`` (all read from the store)."""
     runs = Runs(res.store)
     history = [c for c in runs.candidates(res.run.id, feature) if c.verdict is not None and c.attempt < attempt]
-    spans = res.top_spans(feature)
+    anchor = res.anchor_spans(feature)
+    spans = [text for text, _ in anchor]
     if cfg.strategy == "paper":
         step = 1 if attempt == 1 else 2
     else:
@@ -60,14 +61,16 @@ def build_request(res: Resources, cfg: RunConfig, feature: int, attempt: int, st
         spans=spans, threshold=res.threshold, style=list(style),
     )
     if step == 2:
-        writers = [c for c in history if c.role != "negative"] or history
+        usable = [c for c in history if not (c.reason or "").startswith("quality:")]  # no echo or stub as an example
+        writers = [c for c in usable if c.role != "negative"]
         ranked = sorted(writers, key=lambda c: float(c.target_act or 0.0), reverse=True)
         strong = ranked[0] if ranked else None
         if strong is not None and float(strong.target_act or 0.0) > 0:
             req.strong = _shown(strong)
-        elif spans:  # the paper's fallback: the best anchor span is the strong example
-            req.strong = Shown(spans[0].replace("<<", "").replace(">>", ""), 0.0, spans[0])
-        weak_pool = [c for c in history if c.role == "negative"] or ranked[1:]
+        elif anchor:  # the paper's fallback: the best anchor span is the strong example
+            text, act = anchor[0]
+            req.strong = Shown(text.replace("<<", "").replace(">>", ""), act, text, source="the data")
+        weak_pool = [c for c in usable if c.role == "negative"] or ranked[1:]
         if weak_pool:
             req.weak = _shown(min(weak_pool, key=lambda c: float(c.target_act or 0.0)))
     if cfg.strategy == "agent" and history:

@@ -85,6 +85,7 @@ class Shown:
     text: str
     activation: float
     span: str
+    source: str = "an earlier attempt"
 
 
 @dataclass
@@ -118,7 +119,8 @@ def _pair_block(req: GenerationRequest) -> list[str]:
     lines: list[str] = []
     if req.strong is not None:
         lines.append(
-            f"Strong example (score {req.strong.activation:.1f}): {req.strong.text!r}; it fires at: {req.strong.span}"
+            f"Strong example from {req.strong.source} (score {req.strong.activation:.1f}): {req.strong.text!r}; "
+            f"it fires at: {req.strong.span}"
         )
     if req.weak is not None:
         lines.append(f"Weak example (score {req.weak.activation:.1f}): {req.weak.text!r}")
@@ -151,16 +153,17 @@ def render(req: GenerationRequest) -> list[tuple[str, str]]:
         lines.append("The user asks for this style:")
         lines += [f"- {s}" for s in req.style]
     lines.append("")
+    lines.append("Reply with a JSON object with these fields:")
     if req.strategy == "paper":
-        lines.append(
-            f"Write two different new samples in the sample format. Both must use the marked words of the snippets "
-            f"(\"{FIRST}\", \"{SECOND}\")."
-        )
+        fields = [(FIRST, "a new sample in the sample format that contains the marked words"),
+                  (SECOND, "another, different sample in the sample format that contains them too")]
     else:
-        lines.append(
-            f"Write a new sample in the sample format that uses the marked words of the snippets (\"{POSITIVE}\"), "
-            f"and a sample on the same topic that does not use them (\"{NEGATIVE}\")."
-        )
+        fields = [(POSITIVE, "a new sample in the sample format, on a new subject, that contains the marked words"),
+                  (NEGATIVE, "a sample on the same subject, in the same style, that does not contain them")]
+    for key, what in fields:
+        lines.append(f'- "{key}": {what};')
+        if labels:
+            lines.append(f'- "{key}_label": its label ({" or ".join(labels)});')
     return [("system", GENERATOR_SYSTEM), ("user", "\n".join(lines))]
 
 
