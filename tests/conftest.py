@@ -8,13 +8,74 @@ and the SAE the package ships, once per session. Tests that change them deep-cop
 from __future__ import annotations
 
 import os
+import socket
+import uuid
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+from endpoints import llama_server_pids
 
 from facsynth.agent.server import EmbeddedServer, ServerConfig
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+PG_URL = os.environ.get("FACSYNTH_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+"""PostgreSQL for the tests that need it (skipped with the reason when it is not reachable)."""
+
+
+def _pg_admin() -> Engine:
+    url = make_url(PG_URL)
+    host, port = url.host or "127.0.0.1", url.port or 5432
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError as exc:
+        pytest.skip(f"PostgreSQL is not reachable at {host}:{port} ({exc}); set FACSYNTH_TEST_PG_URL")
+    return create_engine(url, isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture
+def pg_engine() -> Iterator[Engine]:
+    """An engine on a fresh PostgreSQL schema, dropped afterwards."""
+    admin = _pg_admin()
+    schema = f"facsynth_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except OperationalError as exc:
+        admin.dispose()
+        pytest.skip(f"cannot use PostgreSQL at {PG_URL}: {exc.orig}")
+    engine = create_engine(make_url(PG_URL), connect_args={"options": f"-csearch_path={schema}"})
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """The URL of a fresh PostgreSQL database (for what opens its own connections: a
+    subprocess, LangGraph's Postgres saver), dropped afterwards."""
+    admin = _pg_admin()
+    name = f"facsynth_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        admin.dispose()
+        pytest.skip(f"cannot create a PostgreSQL database at {PG_URL}: {exc.orig}")
+    try:
+        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +109,16 @@ def llama_server() -> Iterator[EmbeddedServer]:
     finally:
         pids = server.pids
         server.stop()
-    from agent.conftest import llama_server_pids
-
     assert not set(pids) & set(llama_server_pids()), "the embedded server outlived stop()"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "llm_server: starts the real embedded llama.cpp server (once per session)")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """No embedded server may outlive the suite: fail the run if one started here is left."""
+    left = llama_server_pids(started_by=os.getpid())
+    if left:
+        session.config.get_terminal_writer().line(f"embedded LLM server process(es) left after the suite: {left}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

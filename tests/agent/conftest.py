@@ -1,8 +1,7 @@
 """Fixtures for the LLM access tests.
 
-* ``llama_server``: the real embedded llama.cpp server with the bundled SmolLM2-135M
-  GGUF, started once per session and always stopped (tests using it are marked
-  ``llm_server``; deselect them with ``-m "not llm_server"``).
+* ``llama_server`` (``tests/conftest.py``): the real embedded llama.cpp server with the
+  bundled SmolLM2-135M GGUF, started once per session and always stopped.
 * ``fake_llm``: a loopback OpenAI-compatible chat endpoint (stdlib ``http.server`` in a
   thread on 127.0.0.1:0) that answers from a script: 429 with Retry-After, 500, slow
   replies, unparseable content. Only the remote endpoint is faked, at the HTTP boundary.
@@ -11,179 +10,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import threading
-import time
-import uuid
-from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from endpoints import FakeOpenAI
 
-from facsynth.agent.server import EmbeddedServer, ServerConfig
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "llm_server: starts the real embedded llama.cpp server (once per session)")
-
-
-def llama_server_pids(started_by: int | None = None) -> list[int]:
-    """PIDs of live embedded-server processes (a /proc scan), optionally only those started by one PID.
-
-    The embedded server's command line is ``python -m facsynth.agent.server PARENT_PID ...``
-    (or ``-m llama_cpp.server``); filtering on the parent keeps other sessions' servers out.
-    """
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state == "Z" or b"--model_alias" not in cmdline:
-            continue
-        if b"facsynth.agent.server" in cmdline:
-            parent = cmdline[cmdline.index(b"facsynth.agent.server") + 1]
-            if started_by is None or parent == str(started_by).encode():
-                pids.append(int(entry.name))
-        elif b"llama_cpp.server" in cmdline and started_by is None:
-            pids.append(int(entry.name))
-    return pids
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """No embedded server may outlive the suite: fail the run if one started here is left."""
-    left = llama_server_pids(started_by=os.getpid())
-    if left:
-        session.config.get_terminal_writer().line(f"embedded LLM server process(es) left after the suite: {left}", red=True)
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-# -- the scripted fake endpoint -----------------------------------------------------------------
-
-
-@dataclass
-class Reply:
-    """One scripted answer of :class:`FakeOpenAI`."""
-
-    status: int = 200
-    content: str = "ok"
-    delay_s: float = 0.0
-    headers: dict[str, str] = field(default_factory=dict)
-    tokens: tuple[int, int] = (11, 3)
-    message: str | None = None
-    """Error message of a non-200 reply (default: ``scripted <status>``)."""
-    echo_auth: bool = False
-    """Put the request's Authorization header into the error message (a careless server)."""
-
-
-@dataclass
-class Seen:
-    """One request as the fake endpoint received it (header names in lower case)."""
-
-    body: dict[str, Any]
-    headers: dict[str, str]
-    at: float
-
-
-class FakeOpenAI:
-    """A loopback OpenAI-compatible ``/v1/chat/completions`` that answers from a script.
-
-    ``script`` is consumed one reply per request; when it is empty ``default`` answers.
-    ``requests`` keeps every request, ``max_in_flight`` the peak of concurrent ones.
-    """
-
-    def __init__(self) -> None:
-        self.script: deque[Reply] = deque()
-        self.default = Reply()
-        self.requests: list[Seen] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self._lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                self._send(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]}, {})
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                with fake._lock:
-                    fake.requests.append(Seen(body, {k.lower(): v for k, v in self.headers.items()}, time.monotonic()))
-                    reply = fake.script.popleft() if fake.script else fake.default
-                    fake.in_flight += 1
-                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
-                try:
-                    if reply.delay_s:
-                        time.sleep(reply.delay_s)
-                    if reply.status != 200:
-                        message = reply.message or f"scripted {reply.status}"
-                        if reply.echo_auth:
-                            message += f" (you sent {self.headers.get('Authorization')})"
-                        error = {"error": {"message": message, "type": "scripted", "code": reply.status}}
-                        self._send(reply.status, error, reply.headers)
-                    else:
-                        self._send(200, _completion(body, reply), reply.headers)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (a timeout): nothing to answer
-                finally:
-                    with fake._lock:
-                        fake.in_flight -= 1
-
-            def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str]) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, name="fake-openai", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def queue(self, *replies: Reply) -> None:
-        self.script.extend(replies)
-
-    def start(self) -> FakeOpenAI:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
-    tokens_in, tokens_out = reply.tokens
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": body.get("model", "fake-model"),
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": reply.content}, "finish_reason": "stop", "logprobs": None}
-        ],
-        "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out},
-    }
 
 
 @pytest.fixture

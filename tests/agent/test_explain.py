@@ -32,7 +32,7 @@ from facsynth.db.catalog import CANNOT_TELL, Catalog, CollectionInfo, Explanatio
 from facsynth.db.models import LABELS
 from facsynth.tools.activations import SampleFeatures
 
-from .conftest import FakeOpenAI, Reply
+from endpoints import FakeOpenAI, Reply
 
 READER = ("smollm2-135m-instruct", "0123456789abcdef", 15, "sae-test", "f" * 64, "relu", "chat")
 TOPICS = {

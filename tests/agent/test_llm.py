@@ -36,7 +36,7 @@ from facsynth.agent.llm import (
 from facsynth.agent.server import EmbeddedServer, free_port
 from facsynth.errors import LLMError
 
-from .conftest import FakeOpenAI, Reply
+from endpoints import FakeOpenAI, Reply
 
 
 class Animal(BaseModel):

@@ -20,7 +20,7 @@ from facsynth.agent import server as server_mod
 from facsynth.agent.server import EmbeddedServer, ServerConfig, free_port
 from facsynth.errors import LLMError
 
-from .conftest import llama_server_pids
+from endpoints import llama_server_pids
 
 pytestmark = pytest.mark.llm_server
 SMALL = {"n_ctx": 512, "threads_per_instance": 1}

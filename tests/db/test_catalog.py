@@ -2,58 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from facsynth.db import Store
 from facsynth.db.catalog import Catalog, CollectionInfo, Explanation, FeatureStats, Relevance, Span, TaskRecord
 from facsynth.errors import StoreError
 
-PG_URL = os.environ.get("FACSYNTH_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 READER = ("smollm2-135m-instruct", "0123456789abcdef", 15, "sae-test", "f" * 64, "relu", "chat")
-
-
-@pytest.fixture
-def pg_engine() -> Iterator[Engine]:
-    url = make_url(PG_URL)
-    host, port = url.host or "127.0.0.1", url.port or 5432
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-    except OSError as exc:
-        pytest.skip(f"PostgreSQL is not reachable at {host}:{port} ({exc}); set FACSYNTH_TEST_PG_URL")
-    schema = f"facsynth_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(url)
-    try:
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"cannot use PostgreSQL at {host}:{port}: {exc.orig}")
-    engine = create_engine(url, connect_args={"options": f"-csearch_path={schema}"})
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{tmp_path / 'store.db'}") if request.param == "sqlite" else Store(request.getfixturevalue("pg_engine"))
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def _corpus(store: Store, n: int = 6) -> tuple[int, int, list[str]]:

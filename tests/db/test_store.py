@@ -8,10 +8,8 @@ not reachable.
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,8 +18,7 @@ from typing import get_args
 import numpy as np
 import pytest
 from sqlalchemy import Engine, create_engine, inspect, select, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
 from facsynth.db import Store, migrations, open_store, redact_secrets
 from facsynth.db.migrations import migrate
@@ -30,7 +27,6 @@ from facsynth.db.store import Outcome, dataset_hash, reader_key
 from facsynth.errors import StoreError
 from facsynth.tools.activations import SampleFeatures
 
-PG_URL = os.environ.get("FACSYNTH_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 READER = ("smollm2-135m-instruct", "0123456789abcdef", 16, "sae-test", "f" * 64, "relu_no_topk", "chat")
 
 
@@ -54,46 +50,8 @@ def _features(sample_hash: str, seed: int, d_model: int | None = 64) -> SampleFe
 
 
 @pytest.fixture
-def pg_engine() -> Iterator[Engine]:
-    url = make_url(PG_URL)
-    host, port = url.host or "127.0.0.1", url.port or 5432
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-    except OSError as exc:
-        pytest.skip(f"PostgreSQL is not reachable at {host}:{port} ({exc}); set FACSYNTH_TEST_PG_URL")
-    schema = f"facsynth_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(url)
-    try:
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"cannot use PostgreSQL at {host}:{port}: {exc.orig}")
-    engine = create_engine(url, connect_args={"options": f"-csearch_path={schema}"})
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
-@pytest.fixture
 def sqlite_file_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'nested' / 'store.db'}"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        s = Store(f"sqlite:///{tmp_path / 'store.db'}")
-    else:
-        s = Store(request.getfixturevalue("pg_engine"))
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
