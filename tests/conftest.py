@@ -11,15 +11,17 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from endpoints import llama_server_pids
+from endpoints import FakeOpenAI, llama_server_pids
 
 from facsynth.agent.server import EmbeddedServer, ServerConfig
+from facsynth.paths import shipped
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -102,7 +104,7 @@ def encoder(subject, default_sae):
 @pytest.fixture(scope="session")
 def llama_server() -> Iterator[EmbeddedServer]:
     """The real llama.cpp server, one instance, small context; stopped however the session ends."""
-    server = EmbeddedServer(ServerConfig(instances=1, threads_per_instance=1, n_ctx=1024), model_alias="smollm2-135m-instruct")
+    server = EmbeddedServer(ServerConfig(instances=1, threads_per_instance=1, n_ctx=2048), model_alias="smollm2-135m-instruct")
     server.start()
     try:
         yield server
@@ -110,6 +112,29 @@ def llama_server() -> Iterator[EmbeddedServer]:
         pids = server.pids
         server.stop()
     assert not set(pids) & set(llama_server_pids()), "the embedded server outlived stop()"
+
+
+@pytest.fixture
+def fake_llm() -> Iterator[FakeOpenAI]:
+    """A scripted loopback OpenAI-compatible endpoint (see ``tests/endpoints.py``)."""
+    fake = FakeOpenAI().start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+def _head(src: Path, dst: Path, n: int, every: int = 1) -> Path:
+    lines = [ln for ln in src.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    dst.write_text("\n".join(lines[::every][:n]) + "\n", encoding="utf-8")
+    return dst
+
+
+@pytest.fixture
+def demo_data(tmp_path: Path) -> tuple[Path, Path]:
+    """(seed, anchor) for quick runs: 20 narrow-seed prompts (3 topics), 48 anchor prompts (all 24)."""
+    demo = shipped("demo")
+    return _head(demo / "seed.jsonl", tmp_path / "seed.jsonl", 20), _head(demo / "anchor.jsonl", tmp_path / "anchor.jsonl", 48, 5)
 
 
 def pytest_configure(config: pytest.Config) -> None:

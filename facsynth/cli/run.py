@@ -183,10 +183,15 @@ def run_command(
 
 
 def _go(store: Any, name: str, cfg: Any, report_dir: Path, reader: Any = None) -> None:
+    from facsynth.errors import FacsynthError
+
     try:
         _execute(store, name, cfg, reader=reader)
     except KeyboardInterrupt:
         console.print(f"\nstopped. Everything accepted so far is stored; continue with: [bold]facsynth resume {name}[/]")
+        raise
+    except FacsynthError as exc:
+        exc.args = (f"{exc} (run {name} is stopped with everything accepted so far; continue with `facsynth resume {name}`)",)
         raise
     _finish(store, name, report_dir, cfg.target_fac)
 

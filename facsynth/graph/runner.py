@@ -30,7 +30,7 @@ from facsynth.db.runs import RunRecord, Runs, Summary
 from facsynth.db.store import Store
 from facsynth.errors import InputError, StoreError
 from facsynth.graph.config import RunConfig, check_run_name
-from facsynth.graph.context import Resources, RunContext, open_resources
+from facsynth.graph.context import RunContext, open_resources
 from facsynth.graph.graph import build_graph
 from facsynth.tools.datasets import Dataset, load_dataset
 from facsynth.tools.measure import Reader

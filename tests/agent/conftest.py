@@ -15,17 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from endpoints import FakeOpenAI
 
-
-
-@pytest.fixture
-def fake_llm() -> Iterator[FakeOpenAI]:
-    fake = FakeOpenAI().start()
-    try:
-        yield fake
-    finally:
-        fake.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,177 @@
+"""Synthesis runs end to end: the real llama.cpp server, the real model and SAE.
+
+A run's claims are checked from outside the graph: every accepted sample is read again
+through the SAE, and FAC is recomputed with the measuring code over seed + samples.
+The paper strategy's exact call pattern and the agent's retry loop are checked against
+the fake endpoint, where the replies are fixed.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from endpoints import FakeOpenAI, Reply
+
+from facsynth.agent.llm import LLMClient
+from facsynth.db import Store
+from facsynth.db.export import export_run
+from facsynth.db.runs import Runs
+from facsynth.graph.config import RunConfig
+from facsynth.graph.prompts import FIRST, NEGATIVE, POSITIVE, SECOND
+from facsynth.graph.report import coverage_report, plot_curve
+from facsynth.graph.runner import execute, prepare_run
+from facsynth.tools.datasets import Sample, load_dataset
+from facsynth.tools.fac import coverage
+from facsynth.tools.measure import Reader
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def reader(subject, default_sae, tmp_path: Path):
+    store = Store(f"sqlite:///{tmp_path / 'facsynth.db'}")
+    try:
+        yield Reader(subject, default_sae, store=store)
+    finally:
+        store.close()
+
+
+def _cfg(seed: Path, anchor: Path, **kw: object) -> RunConfig:
+    return RunConfig.model_validate({"task": "instruction-following", "seed": str(seed), "anchor": str(anchor), **kw})
+
+
+def test_agent_run_gains_fac_that_holds_when_read_again(reader, encoder, llama_server, demo_data, tmp_path) -> None:
+    seed, anchor = demo_data
+    store = reader.store
+    cfg = _cfg(seed, anchor, max_features=4, max_attempts=3, budget={"calls": 16})
+    run, _ = prepare_run(cfg, "e2e", store, reader)
+    assert run.n_seed_covered < run.n_relevant
+    client = LLMClient(cfg.llm, store=store, endpoints=llama_server.base_urls, llama_cpp=True)
+    summary = execute(store, "e2e", llm=client, reader=reader)
+    runs = Runs(store)
+
+    assert summary.run.status == "done"
+    assert summary.run.stop_reason.startswith(("budget spent", "nothing left", "target reached"))
+    samples = runs.samples(run.id)
+    assert samples, "no candidate was accepted: the generator or the verifier is broken"
+    assert summary.fac > summary.fac_before
+
+    # every accepted sample fires its target above the threshold, and every feature it was
+    # credited with above delta, when read again outside the graph
+    delta = threshold = reader.default_delta
+    again = list(encoder.encode([Sample(**s.candidate.payload) for s in samples]))
+    for s, sf in zip(samples, again):
+        acts = dict(zip(sf.feature_ids.tolist(), sf.max_acts.tolist()))
+        assert acts.get(s.candidate.feature, 0.0) > threshold
+        assert s.activation == pytest.approx(acts[s.candidate.feature], rel=1e-4, abs=1e-3)
+        assert set(s.covered) <= set(sf.active(delta).tolist())
+
+    # FAC as `facsynth measure` computes it over seed + accepted samples, same F
+    f_set = reader.count(load_dataset(anchor), [delta]).counter.active(delta)
+    grown = list(load_dataset(seed)) + [Sample(**s.candidate.payload) for s in samples]
+    from facsynth.tools.datasets import Dataset
+
+    counted = reader.count(Dataset("grown", "test", grown), [delta])
+    assert coverage(counted.counter, f_set, delta).fac == pytest.approx(summary.fac)
+    assert f_set.sum() == run.n_relevant
+
+    # attempts are capped; an exhausted feature says why; the budget holds up to one batch
+    for f in runs.features(run.id):
+        assert f.attempts <= cfg.max_attempts
+        if f.status == "exhausted":
+            assert f.attempts == cfg.max_attempts and "needs >" in f.reason
+    issued = store.llm_totals("e2e")
+    assert issued["calls"] - issued["by_outcome"]["cached"] <= 16 + 2 * cfg.batch
+
+    # the report and its plot
+    rep = coverage_report(store, "e2e")
+    assert rep.fac_after == summary.fac and rep.samples == len(samples)
+    assert rep.curve[0] == (0, pytest.approx(summary.fac_before)) and rep.curve[-1][1] == pytest.approx(summary.fac)
+    png = plot_curve(rep, tmp_path / "curve.png", cfg.target_fac)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # export: chat messages and Alpaca records with provenance, in every format
+    n = export_run(store, "e2e", tmp_path / "out.jsonl", "jsonl", with_seed=True)
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert n == len(rows) == 20 + len(samples)
+    assert [r["source"] for r in rows] == ["seed"] * 20 + ["synthetic"] * len(samples)
+    prompt_ids = set()
+    with sqlite3.connect(tmp_path / "facsynth.db") as db:
+        prompt_ids = {h for (h,) in db.execute("SELECT prompt_hash FROM llm_calls WHERE run_id = 'e2e'")}
+    for r, s in zip(rows[20:], samples):
+        assert r["messages"] == [{"role": "user", "content": s.candidate.payload["text"]}]
+        assert r["instruction"] == s.candidate.payload["text"] and r["output"] == ""
+        p = r["provenance"]
+        assert (p["target_feature"], p["covered_features"], p["attempt"]) == (s.candidate.feature, s.covered, s.candidate.attempt)
+        assert p["activation"] == pytest.approx(s.activation, abs=1e-4)
+        assert p["model"] == "smollm2-135m-instruct" and p["prompt_id"] in prompt_ids
+    pytest.importorskip("pyarrow")
+    assert export_run(store, "e2e", tmp_path / "out.parquet", "parquet") == len(samples)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert {"messages", "instruction", "input", "output", "label", "source", "provenance"} <= set(table.column_names)
+    datasets = pytest.importorskip("datasets")
+    assert export_run(store, "e2e", tmp_path / "out_hf", "hf") == len(samples)
+    assert datasets.load_from_disk(str(tmp_path / "out_hf")).num_rows == len(samples)
+
+
+def _fake_cfg(fake: FakeOpenAI, seed: Path, anchor: Path, **kw: object) -> RunConfig:
+    llm = {"base_url": fake.url, "model": "fake-model", "temperature": 0.8, "top_p": 0.9, "max_tokens": 320}
+    return _cfg(seed, anchor, llm=llm, **kw)
+
+
+def _user_prompts(fake: FakeOpenAI) -> list[str]:
+    return [next(m["content"] for m in r.body["messages"] if m["role"] == "user") for r in fake.requests]
+
+
+def test_paper_strategy_makes_exactly_two_calls_per_feature_without_feedback(reader, fake_llm, demo_data) -> None:
+    seed, anchor = demo_data
+    fake_llm.default = Reply(content=json.dumps({
+        FIRST: "Plan a three day trip to the mountains with a tight budget.",
+        SECOND: "Write a short poem about the first snow of winter in the city.",
+    }))
+    cfg = _fake_cfg(fake_llm, seed, anchor, strategy="paper", max_features=3)
+    run, _ = prepare_run(cfg, "paper", reader.store, reader)
+    execute(reader.store, "paper", llm=LLMClient(cfg.llm, store=reader.store), reader=reader)
+    runs = Runs(reader.store)
+    targets = [f for f in runs.features(run.id) if f.attempts]
+    assert len(targets) == 3 and all(f.attempts == 2 for f in targets)
+    assert all(f.status in ("covered", "exhausted") for f in targets)
+    calls = reader.store.llm_totals("paper")
+    assert len(fake_llm.requests) == 6 and calls["by_outcome"]["ok"] == 6
+    prompts = _user_prompts(fake_llm)
+    assert sum("Strong example" in p for p in prompts) == 3  # step 2 carries the pair
+    assert not any("Feedback" in p for p in prompts)
+    cands = runs.candidates(run.id)
+    assert {c.role for c in cands} == {"sample"} and len(cands) == 12
+    # step-1 samples build the pair; only step-2 samples can join the data
+    assert all(s.candidate.step == 2 for s in runs.samples(run.id))
+
+
+def test_agent_retries_with_feedback_up_to_the_cap(reader, fake_llm, demo_data) -> None:
+    seed, anchor = demo_data
+    fake_llm.default = Reply(content=json.dumps({POSITIVE: "Okay then", NEGATIVE: "Fine thanks"}))  # parses, never usable
+    cfg = _fake_cfg(fake_llm, seed, anchor, max_features=2, max_attempts=3)
+    run, _ = prepare_run(cfg, "agent", reader.store, reader)
+    summary = execute(reader.store, "agent", llm=LLMClient(cfg.llm, store=reader.store), reader=reader)
+    runs = Runs(reader.store)
+    targets = [f for f in runs.features(run.id) if f.attempts]
+    assert [f.attempts for f in targets] == [3, 3] and {f.status for f in targets} == {"exhausted"}
+    assert len(fake_llm.requests) == 6 and summary.samples == 0
+    assert summary.run.stop_reason.startswith("nothing left to target")
+    prompts = _user_prompts(fake_llm)
+    assert sum("Feedback on your last attempt" in p for p in prompts) == 4
+    assert all("not a usable sample (too short" in p for p in prompts if "Feedback" in p)
+    assert {c.reason for c in runs.candidates(run.id)} == {"quality: too short: 2 word(s), needs at least 4"}
+
+
+def test_a_target_already_met_stops_before_any_call(reader, fake_llm, demo_data) -> None:
+    seed, anchor = demo_data
+    cfg = _fake_cfg(fake_llm, seed, anchor, target_fac=0.05)
+    prepare_run(cfg, "met", reader.store, reader)
+    summary = execute(reader.store, "met", llm=LLMClient(cfg.llm, store=reader.store), reader=reader)
+    assert summary.run.stop_reason.startswith("target reached") and fake_llm.requests == []

@@ -1,0 +1,65 @@
+"""The verifier tool on the real model and SAE: activations, spans, duplicates, quality."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from facsynth.tools.datasets import Sample
+from facsynth.tools.verifier import DuplicateIndex, Verifier, quality_problem, span_text, text_hash
+
+pytestmark = pytest.mark.slow
+
+TEXT = "Pretend you're a local tour guide in Istanbul and plan my afternoon."
+
+
+def test_reading_reports_the_targets_max_activation_and_the_span_ending_at_its_peak(encoder) -> None:
+    sample = Sample(text=TEXT)
+    sf = encoder.encode_one(sample)
+    target = int(sf.feature_ids[np.argmax(sf.max_acts)])
+    [r] = Verifier(encoder, delta=12.0, threshold=12.0, window=5).read([sample], [target])
+    assert r.target_act == pytest.approx(float(sf.max_acts.max()))
+    words, acts = encoder.token_activations(sample)
+    peak = int(acts[:, target].argmax())
+    assert r.span["tokens"] == words[max(0, peak - 4) : peak + 1]
+    assert r.span["acts"][-1] == pytest.approx(r.target_act, abs=0.01)
+    assert span_text(r.span).endswith(f"<<{words[peak].strip()}>>") or f"<<{words[peak]}>>" in span_text(r.span)
+    [off] = Verifier(encoder, delta=12.0, threshold=12.0).read([sample], [int(np.setdiff1d(np.arange(4096), sf.feature_ids)[0])])
+    assert (off.target_act, off.span) == (0.0, None)
+
+
+def test_exact_and_near_copies_are_caught_and_new_text_is_not(encoder) -> None:
+    index = DuplicateIndex(4096, cosine_cut=0.95)
+    original = Sample(text=TEXT)
+    index.add("seed sample 1", text_hash(original), encoder.encode_one(original))
+
+    recased = Sample(text="  PRETEND you're a local tour guide in Istanbul, and plan my afternoon!  ")
+    assert text_hash(recased) == text_hash(original)
+    assert index.check(text_hash(recased), encoder.encode_one(recased)) == "exact duplicate of seed sample 1"
+
+    retold = Sample(text="Pretend you are a local tour guide in Istanbul and plan my afternoon.")
+    near = index.check(text_hash(retold), encoder.encode_one(retold))
+    other = Sample(text="How do I change the oil filter on a 2012 Honda Civic?")
+    new = index.check(text_hash(other), encoder.encode_one(other))
+    assert new is None
+    sims = [index.vector(encoder.encode_one(s)) @ index.vector(encoder.encode_one(original)) for s in (retold, other)]
+    assert sims[0] > sims[1]
+    assert (near is not None) == (sims[0] >= 0.95)
+    strict = DuplicateIndex(4096, cosine_cut=float(sims[0]) - 1e-3)
+    strict.add("seed sample 1", text_hash(original), encoder.encode_one(original))
+    assert strict.check(text_hash(retold), encoder.encode_one(retold)).startswith("near duplicate of seed sample 1")
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("You", "too short: 1 word(s)"),
+        ("ContrastivePair, of course ok", None),
+        ("Similar Sample Without Them", "repeats the reply format"),
+        ("sample_using_the_marked_words", "too short"),
+        ("Plan a trip to Istanbul for me.", None),
+    ],
+)
+def test_quality_gate(text: str, problem: str | None) -> None:
+    got = quality_problem(Sample(text=text), min_words=4, echoes=("similar_sample_without_them", "ContrastivePair"))
+    assert (got is None) if problem is None else (got is not None and got.startswith(problem))
