@@ -5,6 +5,8 @@ The Python API mirrors the CLI::
     import facsynth
     report = facsynth.measure("seed.jsonl", anchor="anchor.jsonl")
     print(report.at(report.coverage[0].delta).fac)
+    run = facsynth.synthesize("seed.jsonl", task="instruction-following", anchor="anchor.jsonl", target_fac=0.6)
+    print(run.fac_before, run.fac_after)
 
 Heavy modules (torch, transformers) load on first use, not on ``import facsynth``.
 """
@@ -14,11 +16,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["measure", "Reader", "MeasureReport", "load_dataset", "load_sae", "load_model", "FacsynthError"]
+__all__ = [
+    "measure", "Reader", "MeasureReport", "synthesize", "resume", "export_run", "coverage_report",
+    "load_dataset", "load_sae", "load_model", "FacsynthError",
+]
 
 from facsynth.errors import FacsynthError
 
 if TYPE_CHECKING:
+    from facsynth.db.export import export_run
+    from facsynth.graph.api import resume, synthesize
+    from facsynth.graph.report import coverage_report
     from facsynth.tools.datasets import load_dataset
     from facsynth.tools.measure import MeasureReport, Reader, measure
     from facsynth.tools.model import load as load_model
@@ -28,6 +36,10 @@ _LAZY = {
     "measure": ("facsynth.tools.measure", "measure"),
     "Reader": ("facsynth.tools.measure", "Reader"),
     "MeasureReport": ("facsynth.tools.measure", "MeasureReport"),
+    "synthesize": ("facsynth.graph.api", "synthesize"),
+    "resume": ("facsynth.graph.api", "resume"),
+    "export_run": ("facsynth.db.export", "export_run"),
+    "coverage_report": ("facsynth.graph.report", "coverage_report"),
     "load_dataset": ("facsynth.tools.datasets", "load_dataset"),
     "load_sae": ("facsynth.tools.sae", "load_sae"),
     "load_model": ("facsynth.tools.model", "load"),

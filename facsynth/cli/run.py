@@ -27,19 +27,6 @@ def _budget(calls: int | None, tokens: int | None, seconds: float | None) -> dic
     return {k: v for k, v in {"calls": calls, "tokens": tokens, "seconds": seconds}.items() if v is not None}
 
 
-def _validated(model: Any, data: dict[str, Any]) -> Any:
-    from pydantic import ValidationError
-
-    from facsynth.errors import InputError
-
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        e = exc.errors()[0]
-        where = ".".join(str(x) for x in e["loc"]) or "options"
-        raise InputError(f"bad option {where}: {e['msg']}") from None
-
-
 def _llm(base_url: str | None, llm_model: str | None, api_key_env: str, batch: int) -> dict[str, Any]:
     from facsynth.agent.llm import DEFAULT_MODEL
 
@@ -71,13 +58,12 @@ def _panel(summary: Any, cfg: Any, started: float, spent_calls: int, tokens: int
 
 
 def _execute(store: Any, run_name: str, cfg: Any, *, reader: Any = None, quiet: bool = False) -> Any:
-    from facsynth.agent.llm import LLMConfig, open_client
+    from facsynth.agent.llm import open_client
     from facsynth.graph.budget import spent
     from facsynth.graph.runner import execute
 
     started = time.monotonic()
-    llm_cfg = LLMConfig.model_validate(cfg.llm.model_dump())
-    with open_client(llm_cfg, store=store) as client:
+    with open_client(cfg.llm, store=store) as client:
         if quiet or not console.is_terminal:
             last = [0.0]
 
@@ -155,16 +141,17 @@ def run_command(
 ) -> None:
     """Measure DATA's gaps over the task's features, then synthesize until the FAC target or the budget."""
     from facsynth.db.store import open_store
-    from facsynth.graph.config import RunConfig, check_run_name
-    from facsynth.graph.runner import prepare_run
     from facsynth.errors import InputError
+    from facsynth.graph.api import validated
+    from facsynth.graph.config import check_run_name
+    from facsynth.graph.runner import prepare_run
 
     if run_name is not None:
         try:
             check_run_name(run_name)
         except ValueError as exc:
             raise InputError(str(exc)) from None
-    cfg = _validated(RunConfig, {
+    cfg = validated({
         "task": task, "seed": str(seed), "anchor": str(anchor) if anchor else None,
         "tasks_file": str(tasks_file) if tasks_file else None, "target_fac": target_fac,
         "budget": _budget(budget_calls, budget_tokens, budget_seconds), "strategy": strategy,
@@ -207,23 +194,11 @@ def resume_command(
     """Continue a stopped run (Ctrl-C, kill -9, budget spent) exactly where it stopped."""
     from facsynth.db.runs import Runs
     from facsynth.db.store import open_store
-    from facsynth.graph.config import RunConfig
+    from facsynth.graph.api import update_run
 
     with open_store(db) as store:
-        runs = Runs(store)
-        run = runs.get(run_name)
-        payload = dict(run.config)
-        cfg = RunConfig.model_validate(payload["config"])
-        changes: dict[str, Any] = {}
-        if target_fac is not None:
-            changes["target_fac"] = target_fac
-        new_budget = _budget(budget_calls, budget_tokens, budget_seconds)
-        if new_budget:
-            changes["budget"] = cfg.budget.model_dump() | new_budget
-        if changes:
-            cfg = _validated(RunConfig, cfg.model_dump(mode="json") | changes)
-            payload["config"] = cfg.model_dump(mode="json")
-            runs.update_config(run.id, payload)
+        run = Runs(store).get(run_name)
+        cfg = update_run(store, run.name, target_fac=target_fac, budget=_budget(budget_calls, budget_tokens, budget_seconds))
         console.print(f"resuming run [bold]{run.name}[/] ({run.status}: {run.stop_reason or '-'})")
         _go(store, run.name, cfg, report_dir)
 

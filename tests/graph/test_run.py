@@ -175,3 +175,18 @@ def test_a_target_already_met_stops_before_any_call(reader, fake_llm, demo_data)
     prepare_run(cfg, "met", reader.store, reader)
     summary = execute(reader.store, "met", llm=LLMClient(cfg.llm, store=reader.store), reader=reader)
     assert summary.run.stop_reason.startswith("target reached") and fake_llm.requests == []
+
+
+def test_python_api_runs_to_the_budget_then_resumes_with_a_larger_one(reader, fake_llm, demo_data) -> None:
+    import facsynth
+
+    seed, anchor = demo_data
+    fake_llm.default = Reply(content=json.dumps({POSITIVE: "Okay then", NEGATIVE: "Fine thanks"}))
+    llm = {"base_url": fake_llm.url, "model": "fake-model", "temperature": 0.8}
+    first = facsynth.synthesize(seed, task="instruction-following", anchor=anchor, run="api", store=reader.store,
+                                reader=reader, llm=llm, max_features=2, max_attempts=3, budget={"calls": 2})
+    assert first.stop_reason == "budget spent: 2 generator calls (budget 2)" and first.llm_calls == 2
+    again = facsynth.resume("api", store=reader.store, reader=reader, budget={"calls": 10})
+    assert again.llm_calls == 6 and again.stop_reason.startswith("nothing left to target")
+    assert len(fake_llm.requests) == 6  # the two calls of the first session were not made again
+    assert [f.attempts for f in again.features if f.attempts] == [3, 3]
