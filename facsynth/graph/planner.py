@@ -7,8 +7,9 @@ feature is left that is neither covered, exhausted nor excluded.
 Order of the agent strategy: features left in progress by an earlier stop first, then
 the user's focus, then priority (task relevance, explanation score, how readily the
 anchor fires the feature), then fewest attempts. The paper strategy walks the missing
-list as it was computed at the start, in feature-id order, including features another
-sample has covered meanwhile: the authors' pipeline does not look back.
+list as it was computed at the start, in the same priority order (so the two strategies
+compare on the same features), including features another sample has covered meanwhile:
+the authors' pipeline does not look back.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def choose(features: list[FeatureState], n: int, *, strategy: str, focus: set[in
     """The next ``n`` targets among ``features`` (pure: no store access)."""
     if strategy == "paper":
         todo = [f for f in features if f.attempts == 0 and f.status in ("pending", "covered") and f.feature not in exclude]
-        return [f.feature for f in sorted(todo, key=lambda f: f.feature)[:n]]
+        return [f.feature for f in sorted(todo, key=lambda f: (-f.priority, f.feature))[:n]]
     todo = [f for f in features if f.status in ("pending", "in_progress") and f.feature not in exclude]
     todo.sort(key=lambda f: (f.status != "in_progress", f.feature not in focus, -f.priority, f.attempts, f.feature))
     return [f.feature for f in todo[:n]]

@@ -43,9 +43,10 @@ def test_agent_picks_left_over_work_then_focus_then_priority_and_skips_the_exclu
     assert choose(features, 10, strategy="agent", focus=set(), exclude=set()) == [3, 7, 1, 4, 2]
 
 
-def test_paper_walks_the_initial_missing_list_in_id_order_even_when_covered_meanwhile() -> None:
-    features = [fs(9), fs(2, "covered"), fs(5, attempts=2), fs(4, "exhausted", 2), fs(1)]
-    assert choose(features, 5, strategy="paper", focus=set(), exclude=set()) == [1, 2, 9]
+def test_paper_walks_the_initial_missing_list_by_priority_even_when_covered_meanwhile() -> None:
+    features = [fs(9, priority=0.5), fs(2, "covered", priority=0.1), fs(5, attempts=2, priority=9.0),
+                fs(4, "exhausted", 2), fs(1, priority=0.5), fs(3, "excluded", priority=3.0)]
+    assert choose(features, 5, strategy="paper", focus=set(), exclude=set()) == [1, 9, 2]
 
 
 def reading(act: float, fires: list[int]) -> Reading:
