@@ -62,6 +62,8 @@ class Reply:
     """Error message of a non-200 reply (default: ``scripted <status>``)."""
     echo_auth: bool = False
     """Put the request's Authorization header into the error message (a careless server)."""
+    tool_calls: list[tuple[str, dict[str, Any]]] | None = None
+    """Answer with these tool calls, ``(name, arguments)``, instead of content."""
 
 
 @dataclass
@@ -77,6 +79,7 @@ class FakeOpenAI:
     """A loopback OpenAI-compatible ``/v1/chat/completions`` that answers from a script.
 
     ``script`` is consumed one reply per request; when it is empty ``default`` answers.
+    Either may hold a callable that writes the :class:`Reply` from the request body.
     ``requests`` keeps every request, ``max_in_flight`` the peak of concurrent ones.
     """
 
@@ -103,6 +106,8 @@ class FakeOpenAI:
                 with fake._lock:
                     fake.requests.append(Seen(body, {k.lower(): v for k, v in self.headers.items()}, time.monotonic()))
                     reply = fake.script.popleft() if fake.script else fake.default
+                    if callable(reply):  # a reply written from the request
+                        reply = reply(body)
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
                 try:
@@ -154,13 +159,23 @@ class FakeOpenAI:
 
 def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
     tokens_in, tokens_out = reply.tokens
+    message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+    finish = "stop"
+    if reply.tool_calls:
+        message = {
+            "role": "assistant", "content": None,
+            "tool_calls": [
+                {"id": f"call_{i}_{uuid.uuid4().hex[:8]}", "type": "function",
+                 "function": {"name": name, "arguments": json.dumps(args)}}
+                for i, (name, args) in enumerate(reply.tool_calls)
+            ],
+        }
+        finish = "tool_calls"
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": body.get("model", "fake-model"),
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": reply.content}, "finish_reason": "stop", "logprobs": None}
-        ],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
         "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out},
     }

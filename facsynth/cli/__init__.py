@@ -34,10 +34,11 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progr
 
 
 def _register() -> None:
-    from facsynth.cli import features, llm, measure, run, sae
+    from facsynth.cli import chat, features, llm, measure, run, sae
 
     measure.register(app)
     run.register(app)
+    chat.register(app)
     app.add_typer(sae.app, name="sae", help="Import, train and inspect sparse autoencoders.")
     app.add_typer(llm.app, name="llm", help="The LLM endpoint: run the embedded llama.cpp server.")
     app.add_typer(features.app, name="features", help="The feature catalog: spans, explanations, task relevance.")

@@ -63,6 +63,13 @@ def _execute(store: Any, run_name: str, cfg: Any, *, reader: Any = None, quiet: 
     from facsynth.graph.runner import execute
 
     started = time.monotonic()
+
+    def on_review(waiting: list[Any]) -> None:
+        console.print(
+            f"batch waiting for review: {len(waiting)} candidate(s) the verifier would accept. In another terminal: "
+            f"[bold]facsynth chat {run_name}[/] then /review, /approve [IDS], /deny IDS, /edit ID TEXT"
+        )
+
     with open_client(cfg.llm, store=store) as client:
         if quiet or not console.is_terminal:
             last = [0.0]
@@ -77,14 +84,14 @@ def _execute(store: Any, run_name: str, cfg: Any, *, reader: Any = None, quiet: 
                         f"calls {used.calls}", highlight=False,
                     )
 
-            return execute(store, run_name, llm=client, reader=reader, on_step=on_step)
+            return execute(store, run_name, llm=client, reader=reader, on_step=on_step, on_review=on_review)
         with Live(console=console, refresh_per_second=4, transient=False) as live:
 
             def on_live(node: str, s: Any) -> None:
                 used = spent(store, run_name, 0.0)
                 live.update(_panel(s, cfg, started, used.calls, used.tokens))
 
-            return execute(store, run_name, llm=client, reader=reader, on_step=on_live)
+            return execute(store, run_name, llm=client, reader=reader, on_step=on_live, on_review=on_review)
 
 
 def _finish(store: Any, run_name: str, report_dir: Path, target: float) -> None:
@@ -132,6 +139,7 @@ def run_command(
     delta: Optional[float] = typer.Option(None, "--delta", help="Activation above which a feature is active (default: the SAE's recommended delta)."),
     near_dup: float = typer.Option(0.95, "--near-dup", help="Feature-vector cosine at or above which a candidate is a near duplicate."),
     min_words: int = typer.Option(4, "--min-words", help="Candidates with fewer words are rejected whatever they fire."),
+    review: bool = typer.Option(False, "--review", help="Stop before accepting each batch until you approve, deny or edit it in `facsynth chat RUN`."),
     tasks_file: Optional[Path] = typer.Option(None, "--tasks-file", help="TOML or YAML file of task definitions."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Subject model (default: bundled SmolLM2-135M-Instruct)."),
     sae: Optional[str] = typer.Option(None, "--sae", help="SAE (default: the shipped SAE)."),
@@ -156,7 +164,7 @@ def run_command(
         "tasks_file": str(tasks_file) if tasks_file else None, "target_fac": target_fac,
         "budget": _budget(budget_calls, budget_tokens, budget_seconds), "strategy": strategy,
         "max_attempts": max_attempts, "batch": batch, "max_features": max_features, "delta": delta,
-        "threshold": threshold, "near_duplicate_cosine": near_dup, "min_words": min_words, "model": model, "sae": sae, "layer": layer,
+        "threshold": threshold, "near_duplicate_cosine": near_dup, "min_words": min_words, "review": review, "model": model, "sae": sae, "layer": layer,
         "llm": _llm(base_url, llm_model, api_key_env, batch),
     })
     with open_store(db) as store:

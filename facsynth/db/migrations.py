@@ -345,7 +345,7 @@ def m002_catalog(conn: Connection) -> None:
         table.create(conn)
 
 
-RUN_STATUSES = ("created", "running", "stopped", "paused", "done", "failed")
+RUN_STATUSES = ("created", "running", "reviewing", "stopped", "paused", "done", "failed")
 FEATURE_STATUSES = ("pending", "in_progress", "covered", "exhausted", "excluded")
 
 
@@ -420,6 +420,8 @@ def m003_runs(conn: Connection) -> None:
             Column("max_acts", LargeBinary, nullable=True),
             Column("verdict", String(16), nullable=True),
             Column("reason", Text, nullable=True),
+            Column("proposed", String(16), nullable=True),
+            Column("review", String(16), nullable=True),
             created(),
             UniqueConstraint("run_id", "feature_id", "attempt", "idx", name="uq_run_candidates_run_feature_attempt_idx"),
         ),

@@ -356,9 +356,10 @@ class RelevanceRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-RUN_STATUSES = ("created", "running", "stopped", "paused", "done", "failed")
-"""``runs.status``: created, running (a process holds it), stopped (Ctrl-C, kill, error),
-paused (by the user), done (target, budget or nothing left), failed."""
+RUN_STATUSES = ("created", "running", "reviewing", "stopped", "paused", "done", "failed")
+"""``runs.status``: created, running (a process holds it), reviewing (a batch waits for the
+user's review), stopped (Ctrl-C, kill, error), paused (by the user), done (target, budget or
+nothing left), failed."""
 FEATURE_STATUSES = ("pending", "in_progress", "covered", "exhausted", "excluded")
 """``run_features.status``."""
 
@@ -368,7 +369,9 @@ class Run(Base):
 
     __tablename__ = "runs"
     __table_args__ = (
-        CheckConstraint("status IN ('created', 'running', 'stopped', 'paused', 'done', 'failed')", name="status"),
+        CheckConstraint(
+            "status IN ('created', 'running', 'reviewing', 'stopped', 'paused', 'done', 'failed')", name="status"
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -455,6 +458,10 @@ class RunCandidate(Base):
     verdict: Mapped[str | None] = mapped_column(String(16), nullable=True)
     """NULL until verified; ``accepted``, ``rejected``, ``duplicate``."""
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    proposed: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    """Review mode: ``accepted`` while the verifier's acceptance waits for the user."""
+    review: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    """The user's decision on a proposed candidate: ``approve``, ``deny`` or ``edit``."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -95,6 +95,10 @@ class Candidate:
     max_acts: np.ndarray | None = None
     verdict: str | None = None
     reason: str | None = None
+    proposed: str | None = None
+    """Review mode: ``accepted`` while the verifier's acceptance waits for the user."""
+    review: str | None = None
+    """The user's decision: ``approve``, ``deny`` or ``edit``."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,8 @@ class Verdict:
     reason: str
     accept: bool = False
     """Add the candidate to the run's samples (and credit what it fires)."""
+    only_if_new: bool = False
+    """Add it only when it covers a feature no sample covers yet (an accepted negative)."""
     fires: list[int] = field(default_factory=list)
     """Features it fires above the measuring delta (credited when accepted)."""
 
@@ -185,7 +191,7 @@ def _candidate(r: RunCandidate) -> Candidate:
         target_act=r.target_act, span=json.loads(r.span) if r.span else None,
         feature_ids=None if r.feature_ids is None else _decode(r.feature_ids, "<i4", np.int32),
         max_acts=None if r.max_acts is None else _decode(r.max_acts, "<f4", np.float32),
-        verdict=r.verdict, reason=r.reason,
+        verdict=r.verdict, reason=r.reason, proposed=r.proposed, review=r.review,
     )
 
 
@@ -366,7 +372,7 @@ class Runs:
 
         An accepted verdict adds a sample (unless its normalized text is a sample of the
         run already) and credits every feature of the run it fires that is not covered
-        yet. Then the target becomes ``covered`` when it is, else ``exhausted`` (with
+        yet; one marked ``only_if_new`` (a negative) joins only when it credits something. Then the target becomes ``covered`` when it is, else ``exhausted`` (with
         ``exhausted_reason``), else stays ``in_progress`` (``pending`` with ``release``).
         Returns the features this call covered.
         """
@@ -394,14 +400,9 @@ class Runs:
                     select(RunSample.id).where(RunSample.run_id == run_id, RunSample.text_hash == row.text_hash)
                 )
                 if exists is not None:
-                    row.verdict, row.reason = "duplicate", f"same text as accepted sample {exists}"
+                    if not v.only_if_new:
+                        row.verdict, row.reason = "duplicate", f"same text as accepted sample {exists}"
                     continue
-                sample = RunSample(
-                    run_id=run_id, candidate_id=row.id, feature_id=feature, text_hash=row.text_hash,
-                    activation=float(v.target_act), covered="[]", created_at=now,
-                )
-                session.add(sample)
-                session.flush()
                 fires = [int(f) for f in v.fires]
                 credited = list(
                     session.scalars(
@@ -412,6 +413,14 @@ class Runs:
                         )
                     )
                 ) if fires else []
+                if v.only_if_new and not credited:
+                    continue
+                sample = RunSample(
+                    run_id=run_id, candidate_id=row.id, feature_id=feature, text_hash=row.text_hash,
+                    activation=float(v.target_act), covered="[]", created_at=now,
+                )
+                session.add(sample)
+                session.flush()
                 if credited:
                     session.execute(
                         update(RunFeature)
@@ -445,6 +454,47 @@ class Runs:
                 target.updated_at = now
         return sorted(set(newly))
 
+    # ------------------------------------------------------------------ review
+
+    def propose(self, run_id: int, candidate_ids: Iterable[int]) -> None:
+        """Mark candidates the verifier would accept as waiting for the user's review."""
+        ids = [int(i) for i in candidate_ids]
+        if not ids:
+            return
+        with self.store._tx(write=True) as session:
+            session.execute(
+                update(RunCandidate)
+                .where(RunCandidate.run_id == run_id, RunCandidate.id.in_(ids), RunCandidate.verdict.is_(None))
+                .values(proposed="accepted")
+            )
+
+    def pending_review(self, run_id: int) -> list[Candidate]:
+        """Candidates proposed for acceptance and not settled yet, in id order."""
+        query = (
+            select(RunCandidate)
+            .where(RunCandidate.run_id == run_id, RunCandidate.proposed.is_not(None), RunCandidate.verdict.is_(None))
+            .order_by(RunCandidate.id)
+        )
+        with self.store._tx() as session:
+            return [_candidate(r) for r in session.scalars(query)]
+
+    def decide(self, run_id: int, candidate_id: int, action: str | None, *, sample: dict[str, Any] | None = None,
+               text_hash: str | None = None) -> Candidate:
+        """Record the user's decision on a proposed candidate; ``edit`` replaces its text
+        (``sample``, ``text_hash``); None takes a decision back."""
+        if action not in ("approve", "deny", "edit", None):
+            raise ValueError(f"unknown review action {action!r}")
+        with self.store._tx(write=True) as session:
+            row = session.get(RunCandidate, candidate_id)
+            if row is None or row.run_id != run_id or row.proposed is None or row.verdict is not None:
+                raise InputError(f"candidate {candidate_id} is not waiting for review in this run; /review lists those that are")
+            row.review = action
+            if sample is not None:
+                assert text_hash is not None
+                row.payload, row.text_hash = _dumps(sample), text_hash
+            session.flush()
+            return _candidate(row)
+
     def samples(self, run_id: int, *, include_withdrawn: bool = False) -> list[AcceptedSample]:
         """Accepted samples in acceptance order."""
         query = (
@@ -460,6 +510,61 @@ class Runs:
                 AcceptedSample(s.id, _candidate(c), s.activation, json.loads(s.covered), s.created_at)
                 for s, c in session.execute(query)
             ]
+
+    def withdraw_samples(self, run_id: int, sample_ids: Iterable[int], *, delta: float) -> list[int]:
+        """Withdraw accepted samples (a user rejected them) and the coverage only they gave.
+
+        A feature they covered passes to the earliest remaining sample that fires it above
+        ``delta``; with none it is uncovered again (``pending`` when it was ``covered``).
+        One transaction. Returns the features that are uncovered now.
+        """
+        return self._recredit(run_id, [int(i) for i in sample_ids], delta=delta, withdraw=True)
+
+    def restore_samples(self, run_id: int, sample_ids: Iterable[int], *, delta: float) -> list[int]:
+        """Undo :meth:`withdraw_samples`: the samples count again and cover what is uncovered
+        that they fire. Returns the features covered again."""
+        return self._recredit(run_id, [int(i) for i in sample_ids], delta=delta, withdraw=False)
+
+    def _recredit(self, run_id: int, ids: list[int], *, delta: float, withdraw: bool) -> list[int]:
+        now = utcnow()
+        with self.store._tx(write=True) as session:
+            rows = list(session.scalars(select(RunSample).where(RunSample.run_id == run_id, RunSample.id.in_(ids))))
+            unknown = set(ids) - {r.id for r in rows}
+            if unknown:
+                raise InputError(f"run {run_id} has no accepted sample {', '.join(map(str, sorted(unknown)))}")
+            for r in rows:
+                r.withdrawn_at = now if withdraw else None
+            session.flush()
+            live = session.execute(
+                select(RunSample.id, RunCandidate.feature_ids, RunCandidate.max_acts)
+                .join(RunCandidate, RunCandidate.id == RunSample.candidate_id)
+                .where(RunSample.run_id == run_id, RunSample.withdrawn_at.is_(None))
+                .order_by(RunSample.id)
+            ).all()
+            fires = {
+                sid: set(_decode(fi, "<i4", np.int32)[_decode(ma, "<f4", np.float32) > delta].tolist())
+                for sid, fi, ma in live if fi is not None and ma is not None
+            }
+            if withdraw:
+                query = select(RunFeature).where(RunFeature.run_id == run_id, RunFeature.covered_by.in_(ids))
+            else:
+                query = select(RunFeature).where(RunFeature.run_id == run_id, RunFeature.covered_by.is_(None))
+            changed: list[int] = []
+            for f in session.scalars(query):
+                by = next((sid for sid in sorted(fires) if f.feature_id in fires[sid]), None)
+                if withdraw:
+                    f.covered_by = by
+                    if by is None:
+                        changed.append(f.feature_id)
+                        if f.status == "covered":
+                            f.status = "pending"
+                elif by is not None:
+                    f.covered_by = by
+                    changed.append(f.feature_id)
+                    if f.status in ("pending", "exhausted", "excluded"):
+                        f.status, f.reason = "covered", None
+                f.updated_at = now
+            return sorted(changed)
 
     # ------------------------------------------------------------------ progress and summary
 
@@ -497,6 +602,25 @@ class Runs:
             )
             or 0
         )
+
+    def yields(self, run_id: int) -> tuple[int, int, int, int]:
+        """Verified positives and accepted ones, on first attempts and on retries:
+        ``(first, first_accepted, retries, retries_accepted)``."""
+        retry = RunCandidate.attempt > 1
+        accepted = RunCandidate.verdict == "accepted"
+        query = (
+            select(retry, accepted, func.count())
+            .where(RunCandidate.run_id == run_id, RunCandidate.role != "negative", RunCandidate.verdict.is_not(None))
+            .group_by(retry, accepted)
+        )
+        out = [0, 0, 0, 0]
+        with self.store._tx() as session:
+            for is_retry, ok, n in session.execute(query):
+                base = 2 if is_retry else 0
+                out[base] += int(n)
+                if ok:
+                    out[base + 1] += int(n)
+        return out[0], out[1], out[2], out[3]
 
     def summary(self, name_or_id: str | int) -> Summary:
         with self.store._tx() as session:

@@ -65,6 +65,8 @@ class RunConfig(BaseModel):
     near_duplicate_cosine: float = Field(0.95, gt=0.0, le=1.0)
     """A candidate whose SAE feature vector has at least this cosine with an accepted or seed
     sample is a near duplicate and is rejected."""
+    review: bool = False
+    """Stop before accepting each batch until the user approves, denies or edits its candidates."""
     model: str | None = None
     sae: str | None = None
     layer: int | None = None

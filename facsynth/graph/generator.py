@@ -65,11 +65,17 @@ def build_request(res: Resources, cfg: RunConfig, feature: int, attempt: int, st
         writers = [c for c in usable if c.role != "negative"]
         ranked = sorted(writers, key=lambda c: float(c.target_act or 0.0), reverse=True)
         strong = ranked[0] if ranked else None
-        if strong is not None and float(strong.target_act or 0.0) > 0:
-            req.strong = _shown(strong)
-        elif anchor:  # the paper's fallback: the best anchor span is the strong example
+        from_data = None
+        if anchor:
             text, act = anchor[0]
-            req.strong = Shown(text.replace("<<", "").replace(">>", ""), act, text, source="the data")
+            from_data = Shown(text.replace("<<", "").replace(">>", ""), act, text, source="the data")
+        best_act = float(strong.target_act or 0.0) if strong is not None else 0.0
+        if cfg.strategy == "agent" and from_data is not None and from_data.activation > best_act:
+            req.strong = from_data  # the agent shows the strongest example it has, whoever wrote it
+        elif strong is not None and best_act > 0:
+            req.strong = _shown(strong)
+        elif from_data is not None:  # the paper's fallback: the best anchor span is the strong example
+            req.strong = from_data
         weak_pool = [c for c in usable if c.role == "negative"] or ranked[1:]
         if weak_pool:
             req.weak = _shown(min(weak_pool, key=lambda c: float(c.target_act or 0.0)))

@@ -6,7 +6,10 @@ feature is left that is neither covered, exhausted nor excluded.
 
 Order of the agent strategy: features left in progress by an earlier stop first, then
 the user's focus, then priority (task relevance, explanation score, how readily the
-anchor fires the feature), then fewest attempts. The paper strategy walks the missing
+anchor fires the feature), then fewest attempts. The agent also learns from the run
+itself: while its retries (with feedback) are accepted less often than first attempts on
+fresh features, fresh features come first, and a rejected feature goes back to the queue
+instead of straight back to the generator. The paper strategy walks the missing
 list as it was computed at the start, in the same priority order (so the two strategies
 compare on the same features), including features another sample has covered meanwhile:
 the authors' pipeline does not look back.
@@ -28,14 +31,26 @@ from facsynth.graph.state import SynthState
 log = logging.getLogger(__name__)
 
 
-def choose(features: list[FeatureState], n: int, *, strategy: str, focus: set[int], exclude: set[int]) -> list[int]:
-    """The next ``n`` targets among ``features`` (pure: no store access)."""
+def choose(
+    features: list[FeatureState], n: int, *, strategy: str, focus: set[int], exclude: set[int], prefer_fresh: bool = False
+) -> list[int]:
+    """The next ``n`` targets among ``features`` (pure: no store access).
+
+    ``prefer_fresh``: features never tried come before retries (the run's retries pay less
+    than first attempts, see :func:`retries_pay`)."""
     if strategy == "paper":
         todo = [f for f in features if f.attempts == 0 and f.status in ("pending", "covered") and f.feature not in exclude]
         return [f.feature for f in sorted(todo, key=lambda f: (-f.priority, f.feature))[:n]]
     todo = [f for f in features if f.status in ("pending", "in_progress") and f.feature not in exclude]
-    todo.sort(key=lambda f: (f.status != "in_progress", f.feature not in focus, -f.priority, f.attempts, f.feature))
+    todo.sort(key=lambda f: (f.status != "in_progress", f.feature not in focus, prefer_fresh and f.attempts > 0,
+                             -f.priority, f.attempts, f.feature))
     return [f.feature for f in todo[:n]]
+
+
+def retries_pay(first: int, first_ok: int, retries: int, retries_ok: int) -> bool:
+    """Whether a retry with feedback has been at least as likely to be accepted as a first
+    attempt on a fresh feature, in this run so far (Laplace-smoothed rates; ties retry)."""
+    return (retries_ok + 1) / (retries + 2) >= (first_ok + 1) / (first + 2)
 
 
 def planner(state: SynthState, runtime: Runtime[RunContext]) -> SynthState:
@@ -63,7 +78,8 @@ def planner(state: SynthState, runtime: Runtime[RunContext]) -> SynthState:
         runs.set_feature_status(run.id, restored, "pending", only_from=("excluded",))
     if excluded_now or restored:
         features = runs.features(run.id)
-    pick = choose(features, cfg.batch, strategy=cfg.strategy, focus=steer.focus, exclude=steer.exclude)
+    fresh = not retries_pay(*runs.yields(run.id))
+    pick = choose(features, cfg.batch, strategy=cfg.strategy, focus=steer.focus, exclude=steer.exclude, prefer_fresh=fresh)
     if not pick:
         s = runs.summary(run.id)
         held = sum(1 for f in features if f.status == "excluded" and f.reason == HELD_BACK)

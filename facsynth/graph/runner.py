@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -22,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from langgraph.types import Command
 
 from facsynth.agent.llm import LLMClient
 from facsynth.agent.tasks import resolve_task
 from facsynth.db.catalog import Catalog
-from facsynth.db.runs import RunRecord, Runs, Summary
+from facsynth.db.runs import Candidate, RunRecord, Runs, Summary
 from facsynth.db.store import Store
 from facsynth.errors import InputError, StoreError
 from facsynth.graph.config import RunConfig, check_run_name
@@ -180,15 +182,20 @@ def open_checkpointer(store: Store) -> Iterator[Any]:
 
 
 OnStep = Callable[[str, Summary], None]
+OnReview = Callable[[list[Candidate]], None]
+REVIEW_POLL_S = 1.0
 
 
 def execute(store: Store, run_name: str, *, llm: LLMClient, reader: Reader | None = None,
-            on_step: OnStep | None = None, checkpointer: Any = None) -> Summary:
+            on_step: OnStep | None = None, checkpointer: Any = None, on_review: OnReview | None = None,
+            wait_review: bool = True) -> Summary:
     """Run (or continue) the graph of ``run_name`` until the planner stops it.
 
-    Sets the run's status: ``running`` while it executes, ``done`` with the planner's
-    reason, ``paused`` when the user paused it, ``stopped`` on Ctrl-C or an error (then
-    re-raised). Wall time is added to the run's total either way.
+    Sets the run's status: ``running`` while it executes, ``reviewing`` while a batch waits
+    for the user's decisions (review mode: ``on_review`` gets the candidates; with
+    ``wait_review`` the call polls the store until each is decided, else it returns),
+    ``done`` with the planner's reason, ``paused`` when the user paused it, ``stopped`` on
+    Ctrl-C or an error (then re-raised). The run's wall time is kept either way.
     """
     runs = Runs(store)
     run = runs.get(run_name)
@@ -198,18 +205,29 @@ def execute(store: Store, run_name: str, *, llm: LLMClient, reader: Reader | Non
     with (open_checkpointer(store) if checkpointer is None else _given(checkpointer)) as saver:
         graph = build_graph(saver)
         snapshot = graph.get_state(config)
-        pending = bool(snapshot.next)
-        runs.set_status(run.id, "running")
+        inp: Any = None if snapshot.next else {"run": run.name, "batch": [], "loop_step": 0, "stop_reason": None}
         reason: str | None = None
         try:
-            stream = graph.stream(None if pending else {"run": run.name, "batch": [], "loop_step": 0, "stop_reason": None},
-                                  config, context=ctx, stream_mode="updates")
-            for update in stream:
-                for node, values in update.items():
-                    if node == "planner" and values and values.get("stop_reason"):
-                        reason = values["stop_reason"]
-                    if on_step is not None:
-                        on_step(node, runs.summary(run.id))
+            while True:
+                if snapshot.interrupts:
+                    waiting = runs.pending_review(run.id)
+                    runs.set_status(run.id, "reviewing", f"waiting for the review of {len(waiting)} candidate(s)",
+                                    elapsed_s=res.elapsed_s())
+                    if on_review is not None:
+                        on_review(waiting)
+                    if not _review_done(runs, run.id, wait_review):
+                        return runs.summary(run.id)
+                    inp = Command(resume=True)
+                runs.set_status(run.id, "running")
+                for update in graph.stream(inp, config, context=ctx, stream_mode="updates"):
+                    for node, values in update.items():
+                        if node == "planner" and values and values.get("stop_reason"):
+                            reason = values["stop_reason"]
+                        if on_step is not None and not node.startswith("__"):
+                            on_step(node, runs.summary(run.id))
+                snapshot = graph.get_state(config)
+                if not snapshot.interrupts:
+                    break
         except BaseException as exc:
             why = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else f"stopped by an error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
             runs.set_status(run.id, "stopped", why, elapsed_s=res.elapsed_s())
@@ -217,6 +235,16 @@ def execute(store: Store, run_name: str, *, llm: LLMClient, reader: Reader | Non
         status = "paused" if reason == "paused by the user" else "done"
         runs.set_status(run.id, status, reason or "finished", elapsed_s=res.elapsed_s())
     return runs.summary(run.id)
+
+
+def _review_done(runs: Runs, run_id: int, wait: bool) -> bool:
+    """True once every candidate waiting for review has the user's decision."""
+    while True:
+        if all(c.review is not None for c in runs.pending_review(run_id)):
+            return True
+        if not wait:
+            return False
+        time.sleep(REVIEW_POLL_S)
 
 
 @contextmanager

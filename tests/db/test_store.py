@@ -124,7 +124,8 @@ def test_in_memory_schema_has_every_table_and_column() -> None:
         },
         "run_candidates": {
             "id", "run_id", "feature_id", "attempt", "step", "idx", "role", "payload", "label", "text_hash",
-            "prompt_hash", "model", "target_act", "span", "feature_ids", "max_acts", "verdict", "reason", "created_at",
+            "prompt_hash", "model", "target_act", "span", "feature_ids", "max_acts", "verdict", "reason", "proposed",
+            "review", "created_at",
         },
         "run_samples": {
             "id", "run_id", "candidate_id", "feature_id", "text_hash", "activation", "covered", "withdrawn_at",

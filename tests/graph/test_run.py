@@ -46,7 +46,7 @@ def _cfg(seed: Path, anchor: Path, **kw: object) -> RunConfig:
 def test_agent_run_gains_fac_that_holds_when_read_again(reader, encoder, llama_server, demo_data, tmp_path) -> None:
     seed, anchor = demo_data
     store = reader.store
-    cfg = _cfg(seed, anchor, max_features=4, max_attempts=3, budget={"calls": 16})
+    cfg = _cfg(seed, anchor, max_features=6, max_attempts=3, budget={"calls": 16})
     run, _ = prepare_run(cfg, "e2e", store, reader)
     assert run.n_seed_covered < run.n_relevant
     client = LLMClient(cfg.llm, store=store, endpoints=llama_server.base_urls, llama_cpp=True)
@@ -65,8 +65,12 @@ def test_agent_run_gains_fac_that_holds_when_read_again(reader, encoder, llama_s
     again = list(encoder.encode([Sample(**s.candidate.payload) for s in samples]))
     for s, sf in zip(samples, again):
         acts = dict(zip(sf.feature_ids.tolist(), sf.max_acts.tolist()))
-        assert acts.get(s.candidate.feature, 0.0) > threshold
-        assert s.activation == pytest.approx(acts[s.candidate.feature], rel=1e-4, abs=1e-3)
+        target = acts.get(s.candidate.feature, 0.0)
+        assert s.activation == pytest.approx(target, rel=1e-4, abs=1e-3)
+        if s.candidate.role == "positive":
+            assert target > threshold and s.candidate.feature in s.covered
+        else:  # a negative joins only for the missing features it covers, never its target
+            assert s.candidate.role == "negative" and target <= threshold and s.covered
         assert set(s.covered) <= set(sf.active(delta).tolist())
 
     # FAC as `facsynth measure` computes it over seed + accepted samples, same F
