@@ -179,3 +179,20 @@ def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
         "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
         "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out},
     }
+
+
+NEGATIVE_TEXT = "A calm walk along the quiet river at dusk, with nothing much to say about it."
+
+
+def echo_snippet(body: dict[str, Any]) -> Reply:
+    """A generator reply built from the prompt: the first snippet (the words that fire the
+    target in the anchor) as the positive, a fixed unrelated text as the negative. It makes
+    runs on the fake endpoint accept samples through the real SAE."""
+    user = next(m["content"] for m in body["messages"] if m["role"] == "user")
+    lines = user.split("Snippets (the words to use are marked <<like this>>):\n", 1)[1].splitlines()
+    snippet = lines[0].split(". ", 1)[1].replace("<<", "").replace(">>", "")
+    keys = [k for k in body.get("response_format", {}).get("json_schema", {}).get("schema", {}).get("properties", {})]
+    positive, negative = (keys + ["sample_using_the_marked_words", "similar_sample_without_them"])[:2]
+    if "first_sample" in positive:  # the paper strategy's two samples
+        return Reply(content=json.dumps({positive: f"{snippet} today", negative: f"Tell me: {snippet}"}))
+    return Reply(content=json.dumps({positive: f"Tell me about this: {snippet}", negative: NEGATIVE_TEXT}))

@@ -23,7 +23,6 @@ Every reply says what changed (the directive ids, so ``/undo ID`` can revert the
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -119,7 +118,7 @@ def parse_slash(line: str) -> tuple[Op, BaseModel] | str:
     op = BY_NAME.get(name)
     if op is None:
         raise InputError(f"unknown command /{name}; /help lists them")
-    words = shlex.split(rest) if rest else []
+    words = rest.split()
     try:
         if op.args is st.NoArgs:
             args: BaseModel = st.NoArgs()

@@ -314,7 +314,7 @@ class RunControl:
             back = self.runs.restore_samples(self.run.id, target.args["samples"], delta=self.delta)
             extra = f"; the samples count again ({len(back)} feature(s) covered again)"
         self.runs.revert_directive(self.run.id, target.id)
-        return Reply(f"undid {_describe(target)}{extra}", target.id)
+        return Reply(f"undid #{target.id} {target.kind} {json.dumps(target.args)} ({target.words!r}){extra}", target.id)
 
     # ------------------------------------------------------------------ review (facsynth run --review)
 
