@@ -14,7 +14,8 @@ generator calls:
   when another sample covered them meanwhile; only step-2 samples join the data.
 
 Reported per strategy: missing features covered (every missing feature an accepted
-sample fires counts, in both), covered per 100 generator calls, FAC at half and at the
+sample fires counts, in both; for the agent, how many of them came with accepted
+negatives), covered per 100 generator calls, FAC at half and at the
 full budget, acceptance rate per step (verified positives whose target fired, not a
 copy, not a stub). The last lines are ``name=value`` figures; the target is
 ``covered_per_call_ratio >= 1.5`` (agent / paper).
@@ -83,12 +84,16 @@ def main() -> None:
                 execute(store, strategy, llm=client, reader=reader)
                 rep = coverage_report(store, strategy)
                 steps = acceptance_by_step(Runs(store), run.id)
+                by_role = {"positive": 0, "negative": 0, "sample": 0}
+                for sample in Runs(store).samples(run.id):
+                    by_role[sample.candidate.role] += len(sample.covered)
                 rows[strategy] = {
                     "calls": rep.llm_calls, "covered": rep.covered_by_run, "samples": rep.samples,
                     "per100": 100.0 * rep.covered_by_run / max(rep.llm_calls, 1),
                     "fac_before": rep.fac_before, "fac_half": fac_at(rep, args.calls // 2),
                     "fac_full": fac_at(rep, args.calls), "acc1": steps[1], "acc2": steps[2],
                     "seconds": time.monotonic() - started, "missing": run.n_relevant - run.n_seed_covered,
+                    "from_negatives": by_role["negative"],
                 }
 
     def pct(x: object) -> str:
@@ -106,6 +111,7 @@ def main() -> None:
         print(f"{s}_calls={r['calls']}")
         print(f"{s}_covered={r['covered']}")
         print(f"{s}_covered_per_100_calls={r['per100']:.1f}")
+        print(f"{s}_covered_by_negatives={r['from_negatives']}")
         print(f"{s}_fac_at_half_budget={float(r['fac_half']):.4f}")
         print(f"{s}_fac_at_budget={float(r['fac_full']):.4f}")
         for step in (1, 2):

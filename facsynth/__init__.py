@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 __all__ = [
-    "measure", "Reader", "MeasureReport", "synthesize", "resume", "export_run", "coverage_report",
+    "measure", "Reader", "MeasureReport", "synthesize", "resume", "export_run", "coverage_report", "open_chat",
     "load_dataset", "load_sae", "load_model", "FacsynthError",
 ]
 
 from facsynth.errors import FacsynthError
 
 if TYPE_CHECKING:
+    from facsynth.agent.chat import open_chat
     from facsynth.db.export import export_run
     from facsynth.graph.api import resume, synthesize
     from facsynth.graph.report import coverage_report
@@ -40,6 +41,7 @@ _LAZY = {
     "resume": ("facsynth.graph.api", "resume"),
     "export_run": ("facsynth.db.export", "export_run"),
     "coverage_report": ("facsynth.graph.report", "coverage_report"),
+    "open_chat": ("facsynth.agent.chat", "open_chat"),
     "load_dataset": ("facsynth.tools.datasets", "load_dataset"),
     "load_sae": ("facsynth.tools.sae", "load_sae"),
     "load_model": ("facsynth.tools.model", "load"),

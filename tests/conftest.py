@@ -102,16 +102,23 @@ def encoder(subject, default_sae):
 
 
 @pytest.fixture(scope="session")
-def llama_server() -> Iterator[EmbeddedServer]:
-    """The real llama.cpp server, one instance, small context; stopped however the session ends."""
+def _llama_server_session() -> Iterator[EmbeddedServer]:
     server = EmbeddedServer(ServerConfig(instances=1, threads_per_instance=1, n_ctx=2048), model_alias="smollm2-135m-instruct")
-    server.start()
     try:
         yield server
     finally:
         pids = server.pids
         server.stop()
     assert not set(pids) & set(llama_server_pids()), "the embedded server outlived stop()"
+
+
+@pytest.fixture
+def llama_server(_llama_server_session: EmbeddedServer) -> EmbeddedServer:
+    """The real llama.cpp server, one instance, small context, shared by the session (started
+    again if a test stopped every server, as the atexit test does); stopped however it ends."""
+    if not _llama_server_session.running:
+        _llama_server_session.start()
+    return _llama_server_session
 
 
 @pytest.fixture

@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+
+from cli_process import facsynth as run
+from cli_process import one_line_error
 
 from facsynth.paths import shipped
 
 DEMO = shipped("demo")
-
-
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FACSYNTH_DB": f"sqlite:///{cwd / 'store.db'}", "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "facsynth", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
-
-
-def one_line_error(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode != 0, proc.stdout
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error:"), lines[0]
-    return lines[0]
 
 
 def test_measure_demo_end_to_end_and_reuse(tmp_path):

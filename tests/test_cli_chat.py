@@ -4,22 +4,14 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_process import facsynth
 from endpoints import echo_snippet
 
 pytestmark = pytest.mark.slow
-
-
-def _facsynth(cwd: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FACSYNTH_DB": f"sqlite:///{cwd / 'store.db'}", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "facsynth", *args], cwd=cwd, env=env, input=stdin,
-                          capture_output=True, text=True, timeout=600)
 
 
 def _rows(db: Path, sql: str) -> list[tuple]:
@@ -30,9 +22,9 @@ def _rows(db: Path, sql: str) -> list[tuple]:
 def test_slash_commands_end_to_end(tmp_path: Path, fake_llm, demo_data) -> None:
     seed, anchor = demo_data
     fake_llm.default = echo_snippet
-    made = _facsynth(tmp_path, "run", "--task", "instruction-following", "--seed", str(seed), "--anchor", str(anchor),
-                     "--run", "c1", "--max-features", "12", "--budget-calls", "4", "--base-url", fake_llm.url,
-                     "--llm-model", "fake-model", "--report-dir", str(tmp_path / "reports"))
+    made = facsynth("run", "--task", "instruction-following", "--seed", str(seed), "--anchor", str(anchor),
+                    "--run", "c1", "--max-features", "12", "--budget-calls", "4", "--base-url", fake_llm.url,
+                    "--llm-model", "fake-model", "--report-dir", str(tmp_path / "reports"), cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     db = tmp_path / "store.db"
     (sample_id,) = _rows(db, "SELECT min(id) FROM run_samples")[0]
@@ -59,7 +51,7 @@ def test_slash_commands_end_to_end(tmp_path: Path, fake_llm, demo_data) -> None:
         "/quit",
         "/status",  # after /quit: never read
     ]) + "\n"
-    chat = _facsynth(tmp_path, "chat", "c1", stdin=script)
+    chat = facsynth("chat", "c1", stdin=script, cwd=tmp_path)
     assert chat.returncode == 0, chat.stderr
     out = chat.stdout
     assert "/focus IDS|DESCRIPTION" in out and "/reject ID" in out  # help
@@ -81,9 +73,9 @@ def test_slash_commands_end_to_end(tmp_path: Path, fake_llm, demo_data) -> None:
     assert _rows(db, f"SELECT withdrawn_at FROM run_samples WHERE id = {sample_id}") == [(None,)]
 
     # status lists the directives; a resumed run follows them: focus first, exclusion kept
-    status = _facsynth(tmp_path, "status", "c1")
+    status = facsynth("status", "c1", cwd=tmp_path)
     assert "steering directives" in status.stdout and "at most 20 words" in status.stdout
-    resumed = _facsynth(tmp_path, "resume", "c1", "--budget-calls", "6", "--report-dir", str(tmp_path / "reports"))
+    resumed = facsynth("resume", "c1", "--budget-calls", "6", "--report-dir", str(tmp_path / "reports"), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     tried = {f for (f,) in _rows(db, "SELECT feature_id FROM run_features WHERE attempts > 0")}
     assert f3 not in tried and ({f1, f2} & tried or all(

@@ -8,7 +8,6 @@ accepted sample, adds no duplicate, and pays no LLM call twice.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -17,26 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_process import env_for, facsynth, one_line_error
 from endpoints import llama_server_pids
 
 pytestmark = pytest.mark.slow
-
-
-def _env(cwd: Path) -> dict[str, str]:
-    return {**os.environ, "FACSYNTH_DB": f"sqlite:///{cwd / 'store.db'}", "COLUMNS": "200"}
-
-
-def facsynth(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "facsynth", *args], cwd=cwd, env=_env(cwd), capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def one_line_error(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode != 0, proc.stdout
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error:"), lines[0]
-    return lines[0]
 
 
 def _query(db: Path, sql: str, *args: object) -> list[tuple]:
@@ -56,7 +39,7 @@ def test_resume_after_sigkill_keeps_every_sample_and_pays_no_call_twice(tmp_path
     db = tmp_path / "store.db"
     args = ["run", "--task", "instruction-following", "--seed", str(seed), "--anchor", str(anchor), "--run", "k1",
             "--max-features", "10", "--budget-calls", "30", "--report-dir", str(tmp_path / "reports")]
-    proc = subprocess.Popen([sys.executable, "-m", "facsynth", *args], cwd=tmp_path, env=_env(tmp_path),
+    proc = subprocess.Popen([sys.executable, "-m", "facsynth", *args], cwd=tmp_path, env=env_for(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 420
     try:

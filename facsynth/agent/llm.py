@@ -92,6 +92,10 @@ class LLMConfig(BaseModel):
     """Environment variable read, at call time, for the API key. Loopback endpoints need none."""
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = Field(0, ge=0)
+    """Sampling seed: each request is sent with ``seed`` + a number drawn from its request key,
+    so a prompt gets the same reply whatever ran before it (llama.cpp, vLLM; OpenAI on a best-effort
+    basis). None sends no seed."""
     max_tokens: int = Field(256, ge=1)
     """Most tokens generated per reply."""
     timeout_s: float = Field(60.0, gt=0.0)
@@ -237,6 +241,8 @@ def request_key(
     }
     if variant:
         payload["variant"] = variant
+    if cfg.seed:
+        payload["seed"] = cfg.seed
     return hashlib.sha256(_canonical(payload).encode()).hexdigest()
 
 
@@ -614,6 +620,12 @@ class LLMClient:
         if self.store is not None:
             self.store.llm_cache_put(key, self.cfg.model, response)
 
+    def _seeded(self, chat: ChatOpenAI, prompt_hash: str) -> ChatOpenAI:
+        """``chat`` with this request's seed (derived from its key: reproducible, order-free)."""
+        if self.cfg.seed is None:
+            return chat
+        return chat.model_copy(update={"seed": (self.cfg.seed + int(prompt_hash[:8], 16)) % 2**31})
+
     def _runnable(self, chat: ChatOpenAI, mode: str, schema: type[BaseModel] | None) -> Runnable[Any, Any]:
         if mode == "json_schema" and schema is not None:
             return chat.with_structured_output(schema, method="json_schema", include_raw=True)
@@ -638,7 +650,7 @@ class LLMClient:
             attempt += 1
             async with state.semaphore:
                 endpoint = min(state.endpoints, key=lambda e: e.in_flight)
-                runnable = self._runnable(endpoint.chat, mode, schema)
+                runnable = self._runnable(self._seeded(endpoint.chat, prompt_hash), mode, schema)
                 endpoint.in_flight += 1
                 start = time.perf_counter()
                 try:

@@ -235,6 +235,9 @@ def status_command(
             return
         _print_report(rep)
         run = runs.get(run_name)
+        waiting = runs.pending_review(run.id)
+        if waiting:
+            console.print(f"{len(waiting)} candidate(s) wait for review: `facsynth chat {run.name}`, then /review")
         ds = runs.directives(run.id, active_only=False)
         if ds:
             t = Table(title="steering directives")

@@ -16,7 +16,6 @@ import pytest
 from endpoints import FakeOpenAI, Reply
 
 from facsynth.agent.llm import LLMClient
-from facsynth.db import Store
 from facsynth.db.export import export_run
 from facsynth.db.runs import Runs
 from facsynth.graph.config import RunConfig
@@ -25,18 +24,8 @@ from facsynth.graph.report import coverage_report, plot_curve
 from facsynth.graph.runner import execute, prepare_run
 from facsynth.tools.datasets import Sample, load_dataset
 from facsynth.tools.fac import coverage
-from facsynth.tools.measure import Reader
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def reader(subject, default_sae, tmp_path: Path):
-    store = Store(f"sqlite:///{tmp_path / 'facsynth.db'}")
-    try:
-        yield Reader(subject, default_sae, store=store)
-    finally:
-        store.close()
 
 
 def _cfg(seed: Path, anchor: Path, **kw: object) -> RunConfig:
@@ -103,7 +92,7 @@ def test_agent_run_gains_fac_that_holds_when_read_again(reader, encoder, llama_s
     assert n == len(rows) == 20 + len(samples)
     assert [r["source"] for r in rows] == ["seed"] * 20 + ["synthetic"] * len(samples)
     prompt_ids = set()
-    with sqlite3.connect(tmp_path / "facsynth.db") as db:
+    with sqlite3.connect(tmp_path / "store.db") as db:
         prompt_ids = {h for (h,) in db.execute("SELECT prompt_hash FROM llm_calls WHERE run_id = 'e2e'")}
     for r, s in zip(rows[20:], samples):
         assert r["messages"] == [{"role": "user", "content": s.candidate.payload["text"]}]

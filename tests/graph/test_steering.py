@@ -29,15 +29,6 @@ from facsynth.tools.steering import RunControl
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def reader(subject, default_sae, tmp_path: Path):
-    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
-    try:
-        yield Reader(subject, default_sae, store=store)
-    finally:
-        store.close()
-
-
 def _prepare(reader: Reader, fake: FakeOpenAI, seed: Path, anchor: Path, name: str, **kw: object) -> tuple[RunConfig, int]:
     cfg = RunConfig.model_validate({
         "task": "instruction-following", "seed": str(seed), "anchor": str(anchor),
