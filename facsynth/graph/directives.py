@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from facsynth.db.runs import Directive
+from facsynth.db.runs import Directive, RunRecord, Runs
 from facsynth.graph.config import Budget, RunConfig
 
-KINDS = ("focus", "exclude", "style", "target", "budget", "pause")
+KINDS = ("focus", "exclude", "style", "target", "budget", "pause", "reject", "review")
+"""``reject`` (samples withdrawn) and ``review`` (decisions in review mode) act on the store
+when they are made; they are kept for the record and for undo, and fold into nothing here."""
 
 
 @dataclass
@@ -47,3 +49,9 @@ def apply(cfg: RunConfig, directives: Sequence[Directive]) -> Steering:
         elif d.kind == "pause":
             out.paused = bool(a.get("paused", True))
     return out
+
+
+def current(runs: Runs, name: str) -> tuple[RunRecord, Steering]:
+    """The run as stored now, and its configuration with every directive in force folded in."""
+    run = runs.get(name)
+    return run, apply(RunConfig.model_validate(run.config["config"]), runs.directives(run.id))

@@ -129,8 +129,7 @@ def generator(state: SynthState, runtime: Runtime[RunContext]) -> SynthState:
     if res.llm is None:
         raise LLMError("this run has no LLM client")
     runs = Runs(res.store)
-    run = runs.get(res.run.name)
-    steer = directives.apply(RunConfig.model_validate(run.config["config"]), runs.directives(run.id))
+    run, steer = directives.current(runs, res.run.name)
     cfg = steer.cfg
     jobs: list[_Job] = []
     for feature in state.get("batch", []):

@@ -24,7 +24,6 @@ from langgraph.runtime import Runtime
 from facsynth.db.runs import EXCLUDED_BY_USER, HELD_BACK, FeatureState, Runs
 from facsynth.graph import directives
 from facsynth.graph.budget import spent, stop_reason
-from facsynth.graph.config import RunConfig
 from facsynth.graph.context import RunContext, resources
 from facsynth.graph.state import SynthState
 
@@ -56,8 +55,7 @@ def retries_pay(first: int, first_ok: int, retries: int, retries_ok: int) -> boo
 def planner(state: SynthState, runtime: Runtime[RunContext]) -> SynthState:
     res = resources(runtime.context)
     runs = Runs(res.store)
-    run = runs.get(res.run.name)
-    steer = directives.apply(RunConfig.model_validate(run.config["config"]), runs.directives(run.id))
+    run, steer = directives.current(runs, res.run.name)
     cfg = steer.cfg
     if steer.paused:
         return {"batch": [], "stop_reason": "paused by the user"}

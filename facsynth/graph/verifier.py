@@ -114,8 +114,7 @@ def _review(runs: Runs, run_id: int, run_name: str, plans: list[tuple[int, int, 
 def verifier(state: SynthState, runtime: Runtime[RunContext]) -> SynthState:
     res = resources(runtime.context)
     runs = Runs(res.store)
-    run = runs.get(res.run.name)
-    steer = directives.apply(RunConfig.model_validate(run.config["config"]), runs.directives(run.id))
+    run, steer = directives.current(runs, res.run.name)
     cfg = steer.cfg
     batch = list(state.get("batch", []))
     work: list[tuple[int, int, list[Candidate]]] = []

@@ -141,7 +141,7 @@ class RunControl:
         return self.runs.get(self.name)
 
     def config(self) -> RunConfig:
-        return directives.apply(RunConfig.model_validate(self.run.config["config"]), self.runs.directives(self.run.id)).cfg
+        return directives.current(self.runs, self.name)[1].cfg
 
     @property
     def delta(self) -> float:
@@ -153,8 +153,8 @@ class RunControl:
 
     def status(self, words: str = "", args: NoArgs | None = None) -> Reply:
         s = self.runs.summary(self.name)
-        cfg = self.config()
-        steer = directives.apply(cfg, self.runs.directives(s.run.id))
+        steer = directives.current(self.runs, self.name)[1]
+        cfg = steer.cfg
         rate = "-" if s.acceptance_rate is None else f"{s.acceptance_rate:.0%}"
         lines = [
             f"run {s.run.name} ({s.run.strategy}, task {s.run.task}): {s.run.status}"
