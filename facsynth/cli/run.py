@@ -139,6 +139,7 @@ def run_command(
     delta: Optional[float] = typer.Option(None, "--delta", help="Activation above which a feature is active (default: the SAE's recommended delta)."),
     near_dup: float = typer.Option(0.95, "--near-dup", help="Feature-vector cosine at or above which a candidate is a near duplicate."),
     min_words: int = typer.Option(4, "--min-words", help="Candidates with fewer words are rejected whatever they fire."),
+    negative_min_new: int = typer.Option(3, "--negative-min-new", help="An accepted negative joins the data when it covers this many missing features (0: never)."),
     review: bool = typer.Option(False, "--review", help="Stop before accepting each batch until you approve, deny or edit it in `facsynth chat RUN`."),
     tasks_file: Optional[Path] = typer.Option(None, "--tasks-file", help="TOML or YAML file of task definitions."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Subject model (default: bundled SmolLM2-135M-Instruct)."),
@@ -164,7 +165,7 @@ def run_command(
         "tasks_file": str(tasks_file) if tasks_file else None, "target_fac": target_fac,
         "budget": _budget(budget_calls, budget_tokens, budget_seconds), "strategy": strategy,
         "max_attempts": max_attempts, "batch": batch, "max_features": max_features, "delta": delta,
-        "threshold": threshold, "near_duplicate_cosine": near_dup, "min_words": min_words, "review": review, "model": model, "sae": sae, "layer": layer,
+        "threshold": threshold, "near_duplicate_cosine": near_dup, "min_words": min_words, "negative_min_new": negative_min_new, "review": review, "model": model, "sae": sae, "layer": layer,
         "llm": _llm(base_url, llm_model, api_key_env, batch),
     })
     with open_store(db) as store:

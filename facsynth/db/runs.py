@@ -125,8 +125,9 @@ class Verdict:
     reason: str
     accept: bool = False
     """Add the candidate to the run's samples (and credit what it fires)."""
-    only_if_new: bool = False
-    """Add it only when it covers a feature no sample covers yet (an accepted negative)."""
+    min_new: int = 0
+    """Add it only when it covers at least this many features no sample covers yet (an
+    accepted negative); 0: always."""
     fires: list[int] = field(default_factory=list)
     """Features it fires above the measuring delta (credited when accepted)."""
 
@@ -168,6 +169,7 @@ class Summary:
 
     @property
     def acceptance_rate(self) -> float | None:
+        """Share of the verified candidates (positives and negatives) that joined the data."""
         return self.accepted / self.verified if self.verified else None
 
 
@@ -372,7 +374,8 @@ class Runs:
 
         An accepted verdict adds a sample (unless its normalized text is a sample of the
         run already) and credits every feature of the run it fires that is not covered
-        yet; one marked ``only_if_new`` (a negative) joins only when it credits something. Then the target becomes ``covered`` when it is, else ``exhausted`` (with
+        yet; one with ``min_new`` (a negative) joins only when it credits that many. Then the
+        target becomes ``covered`` when it is, else ``exhausted`` (with
         ``exhausted_reason``), else stays ``in_progress`` (``pending`` with ``release``).
         Returns the features this call covered.
         """
@@ -400,7 +403,7 @@ class Runs:
                     select(RunSample.id).where(RunSample.run_id == run_id, RunSample.text_hash == row.text_hash)
                 )
                 if exists is not None:
-                    if not v.only_if_new:
+                    if not v.min_new:
                         row.verdict, row.reason = "duplicate", f"same text as accepted sample {exists}"
                     continue
                 fires = [int(f) for f in v.fires]
@@ -413,7 +416,7 @@ class Runs:
                         )
                     )
                 ) if fires else []
-                if v.only_if_new and not credited:
+                if len(credited) < v.min_new:
                     continue
                 sample = RunSample(
                     run_id=run_id, candidate_id=row.id, feature_id=feature, text_hash=row.text_hash,
@@ -635,9 +638,7 @@ class Runs:
                 by_status[status] = int(n)
             n_cand = session.scalar(select(func.count()).where(RunCandidate.run_id == run.id)) or 0
             verified = session.scalar(
-                select(func.count()).where(
-                    RunCandidate.run_id == run.id, RunCandidate.verdict.is_not(None), RunCandidate.role != "negative"
-                )
+                select(func.count()).where(RunCandidate.run_id == run.id, RunCandidate.verdict.is_not(None))
             ) or 0
             accepted = session.scalar(
                 select(func.count()).where(RunSample.run_id == run.id, RunSample.withdrawn_at.is_(None))

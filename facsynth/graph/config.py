@@ -60,6 +60,9 @@ class RunConfig(BaseModel):
     """Activation above which a feature counts as active; None: the SAE's recommended delta."""
     threshold: float | None = None
     """A positive is accepted above it, a negative below it; None: the measuring delta."""
+    negative_min_new: int = Field(3, ge=0, le=1000)
+    """An accepted negative joins the data when it covers at least this many missing features
+    nothing covers yet (0: negatives are contrast only, never data)."""
     min_words: int = Field(4, ge=1, le=200)
     """A candidate with fewer words is rejected before its activations count."""
     near_duplicate_cosine: float = Field(0.95, gt=0.0, le=1.0)

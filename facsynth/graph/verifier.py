@@ -6,8 +6,8 @@ activation exceeds the run's threshold and it is neither an exact nor a near dup
 the seed or of an accepted sample; it becomes a sample of the run and covers every missing
 feature it fires (:meth:`facsynth.db.runs.Runs.settle`, one transaction). A negative is
 accepted when the target stays at or below the threshold; it joins the samples too when it
-fires a missing feature nothing covers yet (a natural sample on the target's topic, and the
-contrast to its positive). A feature that is still missing goes back to the generator
+fires at least ``negative_min_new`` missing features nothing covers yet (a natural sample
+on the target's topic, and the contrast to its positive). A feature that is still missing goes back to the generator
 with feedback until its attempt cap (agent), or after its two steps (paper); then it is
 marked exhausted with the reason.
 
@@ -39,9 +39,11 @@ log = logging.getLogger(__name__)
 
 def judge(
     c: Candidate, r: Reading, *, threshold: float, delta: float, adds: bool, duplicate: str | None,
-    problem: str | None = None,
+    problem: str | None = None, negative_min_new: int = 3,
 ) -> Verdict:
-    """The verdict on one candidate (pure). ``problem``: why it is no usable sample at all."""
+    """The verdict on one candidate (pure). ``problem``: why it is no usable sample at all;
+    ``negative_min_new``: missing features an accepted negative must cover to join the data
+    (0: negatives never join)."""
     act = r.target_act
     common = {
         "candidate_id": c.id, "target_act": act, "span": r.span, "feature_ids": r.features.feature_ids,
@@ -53,7 +55,7 @@ def judge(
         if act > threshold:
             return Verdict(**common, verdict="rejected", reason=f"negative fires the target: {act:.2f} > {threshold:g}")
         return Verdict(**common, verdict="accepted", reason=f"negative stays below: {act:.2f} <= {threshold:g}",
-                       accept=adds and duplicate is None, only_if_new=True)
+                       accept=adds and duplicate is None and negative_min_new > 0, min_new=max(negative_min_new, 1))
     if act <= threshold:
         return Verdict(**common, verdict="rejected", reason=f"target reached {act:.2f}, needs > {threshold:g}")
     if duplicate is not None:
@@ -68,7 +70,8 @@ def _judge_all(res: Resources, cfg: RunConfig, pairs: list[tuple[Candidate, Read
         problem = quality_problem(Sample(**c.payload), min_words=cfg.min_words, echoes=REPLY_ECHOES)
         dup = dups.check(c.text_hash, r.features) if problem is None else None
         adds = cfg.strategy == "agent" or c.step == 2
-        verdicts.append(judge(c, r, threshold=res.threshold, delta=res.delta, adds=adds, duplicate=dup, problem=problem))
+        verdicts.append(judge(c, r, threshold=res.threshold, delta=res.delta, adds=adds, duplicate=dup, problem=problem,
+                              negative_min_new=cfg.negative_min_new))
     return verdicts
 
 

@@ -42,11 +42,21 @@ def text_hash(sample: Sample) -> str:
     return hashlib.sha256(norm.encode("utf-8")).hexdigest()
 
 
+META = re.compile(
+    r"\b(marked (?:words?|phrases?)|snippets?|(?:this|the|a|new|another|similar|same) (?:sample|example)s?|"
+    r"without them|contains? them|same style|reply format)\b",
+    re.IGNORECASE,
+)
+"""Words of the generator's instructions: a candidate that uses them talks about the task
+instead of being a sample (a small generator writes "A new sample without the marked words")."""
+
+
 def quality_problem(sample: Sample, *, min_words: int, echoes: Iterable[str] = ()) -> str | None:
     """Why a candidate is not a usable sample whatever it fires (None when it is).
 
-    Too few words, or a text that only repeats a reply key or schema name (a small
-    generator writes ``ContrastivePair`` where a sample belongs).
+    Too few words, a text that only repeats a reply key or schema name (a small generator
+    writes ``ContrastivePair`` where a sample belongs), or one that talks about the
+    instructions (:data:`META`).
     """
     text = sample.plain_text
     words = len(_WORD.findall(text))
@@ -56,6 +66,9 @@ def quality_problem(sample: Sample, *, min_words: int, echoes: Iterable[str] = (
     for echo in echoes:
         if norm == normalize_text(echo.replace("_", " ")):
             return f"repeats the reply format ({echo!r}) instead of writing a sample"
+    meta = META.search(text)
+    if meta:
+        return f"talks about the instructions ({meta.group(0)!r}) instead of being a sample"
     return None
 
 

@@ -96,6 +96,22 @@ def test_an_accepted_sample_credits_every_missing_feature_it_fires_once(store: S
     assert runs.summary(run_id).samples == 1
 
 
+def test_a_negative_joins_only_with_enough_new_coverage(store: Store) -> None:
+    runs, run_id = _run(store)
+    runs.set_feature_status(run_id, [1, 3], "in_progress")
+    pos, neg = runs.add_candidates(run_id, 1, 1, _cands(1, 1, ["positive fires one", "negative fires two"]))
+    weak = _verdict(neg, "accepted", 0.0, [2, 99], accept=True)
+    weak.min_new = 2  # covers only feature 2 of the run's missing ones
+    assert runs.settle(run_id, 1, [_verdict(pos, "rejected", 3.0, [], accept=False), weak]) == []
+    assert runs.samples(run_id) == [] and runs.candidates(run_id, 1)[1].verdict == "accepted"
+    [neg2] = runs.add_candidates(run_id, 3, 1, _cands(3, 1, ["negative fires two and four"])[:1])
+    strong = _verdict(neg2, "accepted", 0.0, [2, 4], accept=True)
+    strong.min_new = 2
+    assert runs.settle(run_id, 3, [strong]) == [2, 4]
+    assert [s.covered for s in runs.samples(run_id)] == [[2, 4]]
+    assert runs.feature(run_id, 3).status == "in_progress"  # its own target is still missing
+
+
 def test_settle_is_all_or_nothing(store: Store) -> None:
     runs, run_id = _run(store)
     other_runs, other_id = _run(store, "r2")

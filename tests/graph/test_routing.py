@@ -71,7 +71,10 @@ def test_positive_is_accepted_only_above_the_threshold_and_not_as_a_copy() -> No
 
 def test_negative_is_accepted_when_the_target_stays_below_and_joins_only_with_new_coverage() -> None:
     good = judge(cand("negative"), reading(3.0, [8]), threshold=12.0, delta=12.0, adds=True, duplicate=None)
-    assert (good.verdict, good.accept, good.only_if_new) == ("accepted", True, True)
+    assert (good.verdict, good.accept, good.min_new) == ("accepted", True, 3)
+    never = judge(cand("negative"), reading(3.0, [8]), threshold=12.0, delta=12.0, adds=True, duplicate=None,
+                  negative_min_new=0)
+    assert (never.verdict, never.accept) == ("accepted", False)
     copy = judge(cand("negative"), reading(3.0, [8]), threshold=12.0, delta=12.0, adds=True, duplicate="exact duplicate")
     assert (copy.verdict, copy.accept) == ("accepted", False)
     bad = judge(cand("negative"), reading(20.0, [1]), threshold=12.0, delta=12.0, adds=True, duplicate=None)

@@ -58,6 +58,9 @@ def test_exact_and_near_copies_are_caught_and_new_text_is_not(encoder) -> None:
         ("Similar Sample Without Them", "repeats the reply format"),
         ("sample_using_the_marked_words", "too short"),
         ("Plan a trip to Istanbul for me.", None),
+        ("A new sample on the same topic without the marked words.", "talks about the instructions"),
+        ("Here is another example that does not use them.", "talks about the instructions"),
+        ("What sample size do I need for a survey of 2,000 people?", None),
     ],
 )
 def test_quality_gate(text: str, problem: str | None) -> None:
