@@ -5,7 +5,7 @@ The Python API mirrors the CLI::
     import facsynth
     report = facsynth.measure("seed.jsonl", anchor="anchor.jsonl")
     print(report.at(report.coverage[0].delta).fac)
-    run = facsynth.synthesize("seed.jsonl", task="instruction-following", anchor="anchor.jsonl", target_fac=0.6)
+    run = facsynth.synthesize("seed.jsonl", task="instruction-following", anchor="anchor.jsonl", target_fac=0.65)
     print(run.fac_before, run.fac_after)
 
 Heavy modules (torch, transformers) load on first use, not on ``import facsynth``.

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -181,7 +182,17 @@ def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
     }
 
 
-NEGATIVE_TEXT = "A calm walk along the quiet river at dusk, with nothing much to say about it."
+NEGATIVES = [
+    "A calm walk along the quiet river at dusk, with nothing much to say about it.",
+    "My grandmother keeps her buttons in an old biscuit tin on the kitchen shelf.",
+    "The train to the coast was late again, so we shared a thermos of tea on the platform.",
+    "Our neighbour paints the fence every spring, always the same pale green.",
+    "The library opens at nine, but the reading room fills up before ten.",
+    "He folded the map badly and gave up trying to put it back in the glovebox.",
+    "Rain drummed on the tin roof of the shed all through the long afternoon.",
+    "She labelled every jar in the pantry with the date it was filled.",
+]
+_calls = itertools.count()
 
 
 def echo_snippet(body: dict[str, Any]) -> Reply:
@@ -195,4 +206,5 @@ def echo_snippet(body: dict[str, Any]) -> Reply:
     positive, negative = (keys + ["sample_using_the_marked_words", "similar_sample_without_them"])[:2]
     if "first_sample" in positive:  # the paper strategy's two samples
         return Reply(content=json.dumps({positive: f"{snippet} today", negative: f"Tell me: {snippet}"}))
-    return Reply(content=json.dumps({positive: f"Tell me about this: {snippet}", negative: NEGATIVE_TEXT}))
+    other = NEGATIVES[next(_calls) % len(NEGATIVES)]  # a new natural text each call: never a copy of the last
+    return Reply(content=json.dumps({positive: f"Tell me about this: {snippet}", negative: other}))

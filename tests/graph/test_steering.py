@@ -138,34 +138,47 @@ def _query(db: Path, sql: str) -> list[tuple]:
         return list(conn.execute(sql))
 
 
-def test_review_interrupt_survives_a_restart(tmp_path: Path, fake_llm, demo_data) -> None:
+def _wait_for_review(db: Path, proc: subprocess.Popen, settled: int) -> None:
+    """Until the run waits for review with ``settled`` candidates settled before."""
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            status = _query(db, "SELECT status FROM runs WHERE name = 'rv'")
+            done = _query(db, "SELECT count(*) FROM run_candidates WHERE verdict IS NOT NULL")[0][0]
+        except sqlite3.OperationalError:
+            status, done = [], 0
+        if status == [("reviewing",)] and done == settled and _query(db, "SELECT count(*) FROM run_candidates "
+                                                                        "WHERE proposed IS NOT NULL AND review IS NULL")[0][0]:
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "the run never stopped for review"
+        time.sleep(0.3)
+
+
+def test_review_from_the_chat_while_the_run_waits_and_after_a_restart(tmp_path: Path, fake_llm, demo_data) -> None:
     seed, anchor = demo_data
     fake_llm.default = echo_snippet
     db = tmp_path / "store.db"
     env = {**os.environ, "FACSYNTH_DB": f"sqlite:///{db}", "COLUMNS": "200"}
     common = ["--report-dir", str(tmp_path / "reports")]
     cmd = [sys.executable, "-m", "facsynth", "run", "--task", "instruction-following", "--seed", str(seed), "--anchor",
-           str(anchor), "--run", "rv", "--review", "--max-features", "4", "--budget-calls", "2", "--base-url",
+           str(anchor), "--run", "rv", "--review", "--max-features", "6", "--budget-calls", "4", "--base-url",
            fake_llm.url, "--llm-model", "fake-model", *common]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
     try:
-        while True:
-            try:
-                status = _query(db, "SELECT status FROM runs WHERE name = 'rv'")
-            except sqlite3.OperationalError:
-                status = []
-            if status == [("reviewing",)]:
-                break
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "the run never stopped for review"
-            time.sleep(0.3)
+        # batch 1: decided in the chat while the run process waits; it goes on by itself
+        _wait_for_review(db, proc, settled=0)
+        with Store(f"sqlite:///{db}") as store:
+            assert "the batch is decided" in open_chat("rv", store=store).send("/approve")
+        first = _query(db, "SELECT count(*) FROM run_candidates")[0][0]
+        # batch 2: the run waits again; kill it there
+        _wait_for_review(db, proc, settled=first)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert _query(db, "SELECT count(*) FROM run_candidates WHERE verdict IS NOT NULL") == [(0,)]  # nothing settled
+    assert _query(db, "SELECT count(*) FROM run_candidates WHERE verdict IS NOT NULL") == [(first,)]  # batch 2 unsettled
 
     with Store(f"sqlite:///{db}") as store:
         chat = open_chat("rv", store=store)
