@@ -183,3 +183,29 @@ def test_python_api_runs_to_the_budget_then_resumes_with_a_larger_one(reader, fa
     assert again.llm_calls == 6 and again.stop_reason.startswith("nothing left to target")
     assert len(fake_llm.requests) == 6  # the two calls of the first session were not made again
     assert [f.attempts for f in again.features if f.attempts] == [3, 3]
+
+
+@pytest.mark.postgres
+def test_a_postgresql_run_checkpoints_there_and_resumes(subject, default_sae, fake_llm, demo_data, pg_url) -> None:
+    import facsynth
+    from sqlalchemy import create_engine, inspect
+
+    from facsynth.db import Store
+    from facsynth.tools.measure import Reader
+
+    seed, anchor = demo_data
+    fake_llm.default = Reply(content=json.dumps({POSITIVE: "Okay then", NEGATIVE: "Fine thanks"}))
+    llm = {"base_url": fake_llm.url, "model": "fake-model", "temperature": 0.8}
+    with Store(pg_url) as store:
+        reader = Reader(subject, default_sae, store=store)
+        first = facsynth.synthesize(seed, task="instruction-following", anchor=anchor, run="pg", store=store,
+                                    reader=reader, llm=llm, max_features=2, max_attempts=2, budget={"calls": 2})
+        assert first.stop_reason.startswith("budget spent") and first.llm_calls == 2
+        again = facsynth.resume("pg", store=store, reader=reader, budget={"calls": 10})
+        assert again.llm_calls == 4 and again.stop_reason.startswith("nothing left")
+    engine = create_engine(pg_url)
+    try:
+        assert {"checkpoints", "checkpoint_writes"} <= set(inspect(engine).get_table_names())  # LangGraph's Postgres saver
+    finally:
+        engine.dispose()
+    assert len(fake_llm.requests) == 4
