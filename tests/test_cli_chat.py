@@ -23,7 +23,7 @@ def test_slash_commands_end_to_end(tmp_path: Path, fake_llm, demo_data) -> None:
     seed, anchor = demo_data
     fake_llm.default = echo_snippet
     made = facsynth("run", "--task", "instruction-following", "--seed", str(seed), "--anchor", str(anchor),
-                    "--run", "c1", "--max-features", "12", "--budget-calls", "4", "--base-url", fake_llm.url,
+                    "--run", "c1", "--max-features", "40", "--budget-calls", "4", "--base-url", fake_llm.url,
                     "--llm-model", "fake-model", "--report-dir", str(tmp_path / "reports"), cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     db = tmp_path / "store.db"
