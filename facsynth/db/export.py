@@ -66,6 +66,11 @@ def records(store: Store, run_name: str, *, with_seed: bool = False) -> list[dic
     return out
 
 
+def _flat(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows for columnar formats: provenance as a JSON string (its keys differ from seed rows)."""
+    return [{**r, "provenance": json.dumps(r["provenance"]) if r["provenance"] else None} for r in rows]
+
+
 def export_run(store: Store, run_name: str, out: str | Path, fmt: ExportFormat = "jsonl", *, with_seed: bool = False) -> int:
     """Write the run's samples to ``out``; the number of records written."""
     if fmt not in FORMATS:
@@ -82,8 +87,7 @@ def export_run(store: Store, run_name: str, out: str | Path, fmt: ExportFormat =
             raise InputError("--format hf needs `pip install 'facsynth[export]'` (datasets)") from exc
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
         try:
-            flat = [{**r, "provenance": json.dumps(r["provenance"]) if r["provenance"] else None} for r in rows]
-            datasets.Dataset.from_list(flat).save_to_disk(str(tmp / "ds"))
+            datasets.Dataset.from_list(_flat(rows)).save_to_disk(str(tmp / "ds"))
             if out.exists():
                 shutil.rmtree(out) if out.is_dir() else out.unlink()
             os.replace(tmp / "ds", out)
@@ -103,8 +107,7 @@ def export_run(store: Store, run_name: str, out: str | Path, fmt: ExportFormat =
                 import pyarrow.parquet as pq
             except ImportError as exc:
                 raise InputError("--format parquet needs `pip install 'facsynth[export]'` (pyarrow)") from exc
-            flat = [{**r, "provenance": json.dumps(r["provenance"]) if r["provenance"] else None} for r in rows]
-            pq.write_table(pa.Table.from_pylist(flat), tmp_name)
+            pq.write_table(pa.Table.from_pylist(_flat(rows)), tmp_name)
         os.replace(tmp_name, out)
     finally:
         if os.path.exists(tmp_name):

@@ -32,7 +32,7 @@ from facsynth.db.models import (
     RunSample,
     utcnow,
 )
-from facsynth.db.store import Store, _decode, _encode_acts, _encode_ids
+from facsynth.db.store import Store, _canonical_json, _decode, _encode_acts, _encode_ids
 from facsynth.errors import InputError, StoreError
 
 EXCLUDED_BY_USER = "excluded by the user"
@@ -197,10 +197,6 @@ def _candidate(r: RunCandidate) -> Candidate:
     )
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-
-
 class Runs:
     """Run reads and writes on a store."""
 
@@ -235,7 +231,7 @@ class Runs:
             if session.scalar(select(Run.id).where(Run.name == name)) is not None:
                 raise InputError(f"a run named {name!r} exists in {self.store.url}; resume it or pick another --run name")
             run = Run(
-                name=name, status="created", strategy=strategy, task=task, reader_id=reader_id, config=_dumps(config),
+                name=name, status="created", strategy=strategy, task=task, reader_id=reader_id, config=_canonical_json(config),
                 feature_set=feature_set, n_relevant=n_relevant, n_seed_covered=n_seed_covered, elapsed_s=0.0,
                 created_at=now, updated_at=now,
             )
@@ -282,7 +278,7 @@ class Runs:
 
     def update_config(self, run_id: int, config: dict[str, Any]) -> None:
         with self.store._tx(write=True) as session:
-            session.execute(update(Run).where(Run.id == run_id).values(config=_dumps(config), updated_at=utcnow()))
+            session.execute(update(Run).where(Run.id == run_id).values(config=_canonical_json(config), updated_at=utcnow()))
 
     # ------------------------------------------------------------------ features
 
@@ -326,7 +322,7 @@ class Runs:
             rows = [
                 {
                     "run_id": run_id, "feature_id": feature, "attempt": attempt, "step": c.step, "idx": c.idx,
-                    "role": c.role, "payload": _dumps(c.payload), "label": c.label, "text_hash": c.text_hash,
+                    "role": c.role, "payload": _canonical_json(c.payload), "label": c.label, "text_hash": c.text_hash,
                     "prompt_hash": c.prompt_hash, "model": c.model, "created_at": now,
                 }
                 for c in candidates
@@ -390,7 +386,7 @@ class Runs:
                 if row.verdict is not None:  # settled before a crash: keep the first decision
                     continue
                 row.target_act = float(v.target_act)
-                row.span = _dumps(v.span) if v.span else None
+                row.span = _canonical_json(v.span) if v.span else None
                 row.feature_ids = _encode_ids(v.feature_ids)
                 row.max_acts = _encode_acts(v.max_acts)
                 row.verdict = v.verdict
@@ -439,7 +435,7 @@ class Runs:
                         )
                         .values(status="covered", reason=None)
                     )
-                sample.covered = _dumps(sorted(credited))
+                sample.covered = _canonical_json(sorted(credited))
                 newly.extend(credited)
             target = session.scalar(
                 select(RunFeature).where(RunFeature.run_id == run_id, RunFeature.feature_id == feature)
@@ -494,7 +490,7 @@ class Runs:
             row.review = action
             if sample is not None:
                 assert text_hash is not None
-                row.payload, row.text_hash = _dumps(sample), text_hash
+                row.payload, row.text_hash = _canonical_json(sample), text_hash
             session.flush()
             return _candidate(row)
 
@@ -652,7 +648,7 @@ class Runs:
 
     def add_directive(self, run_id: int, words: str, kind: str, args: dict[str, Any]) -> int:
         with self.store._tx(write=True) as session:
-            row = RunDirective(run_id=run_id, words=words, kind=kind, args=_dumps(args), active=1, created_at=utcnow())
+            row = RunDirective(run_id=run_id, words=words, kind=kind, args=_canonical_json(args), active=1, created_at=utcnow())
             session.add(row)
             session.flush()
             return row.id

@@ -270,7 +270,7 @@ def _decode(blob: bytes, dtype: str, out: type[np.generic]) -> np.ndarray:
     return np.frombuffer(blob, dtype=dtype).astype(out)
 
 
-def _canonical_json(payload: dict[str, Any]) -> str:
+def _canonical_json(payload: Any) -> str:
     return json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 

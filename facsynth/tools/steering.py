@@ -300,8 +300,9 @@ class RunControl:
             raise InputError(f"directive #{args.directive} is not in force; in force: {', '.join(f'#{d.id}' for d in active)}")
         extra = ""
         if target.kind == "review":
+            waiting = {c.id for c in self.runs.pending_review(self.run.id)}
             for i in target.args["candidates"]:
-                if any(c.id == i for c in self.runs.pending_review(self.run.id)):
+                if i in waiting:
                     if target.args.get("before") is not None:
                         from facsynth.tools.verifier import text_hash
 
