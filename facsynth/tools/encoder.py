@@ -15,11 +15,19 @@ For every sample the encoder
 
 Samples are batched by length (right padding with an attention mask, so a sample's
 numbers do not depend on its batch) and streamed: memory is bounded by one chunk.
+
+The template's fixed prefix (SmolLM2's default system header is 24 of a demo prompt's
+44 tokens) is the same for every sample that shares it and never pooled, so it is run
+through the model once: its keys and values, up to the hooked block, are kept in a
+small cache and every batch continues from them. Attention is causal, so each content
+token sees exactly what a full forward would show it; only float rounding differs.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -27,6 +35,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from transformers import DynamicCache
 
 from facsynth.errors import InputError, ModelError
 from facsynth.tools.activations import SampleFeatures
@@ -58,6 +67,11 @@ class Tokenized:
     def n_content(self) -> int:
         return sum(self.content)
 
+    @property
+    def n_prefix(self) -> int:
+        """Leading template tokens, before the first content token: never pooled."""
+        return self.content.index(True) if True in self.content else 0
+
 
 def tokenize_messages(tokenizer: object, messages: list[dict], plain_text: str, *, chat: bool, max_tokens: int) -> Tokenized:
     """Render a sample and mark its content tokens: the one rendering ``measure`` and ``sae train`` share.
@@ -87,8 +101,25 @@ def tokenize_messages(tokenizer: object, messages: list[dict], plain_text: str, 
     return Tokenized(ids[:max_tokens], content[:max_tokens], truncated)
 
 
+MIN_PREFIX = 4
+"""A shared prefix shorter than this is run with every sample: a cache would not pay."""
+PREFIX_CACHE_SIZE = 8
+
+
+@dataclass
+class _Prefix:
+    """Keys and values of a shared template prefix, blocks 0..L, batch 1."""
+
+    length: int
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+
+
 class FeatureEncoder:
-    """Batched reader of SAE features at one layer of a subject model."""
+    """Batched reader of SAE features at one layer of a subject model.
+
+    ``reuse_prefix`` (default on) runs a shared template prefix once instead of with
+    every sample (see the module docstring); off, every token of every sample is run.
+    """
 
     def __init__(
         self,
@@ -101,6 +132,7 @@ class FeatureEncoder:
         max_tokens: int = 512,
         chunk_size: int = 512,
         keep_pooled: bool = True,
+        reuse_prefix: bool = True,
     ) -> None:
         if layer is None:
             if sae.layer is None:
@@ -124,6 +156,14 @@ class FeatureEncoder:
             raise ModelError(f"model {subject.name} has no chat template; use template 'raw'")
         self.template: Literal["chat", "raw"] = "chat" if template == "chat" or (template == "auto" and has_template) else "raw"
         self._pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        window = getattr(subject.model.config.get_text_config(decoder=True), "sliding_window", None)
+        # a prefix longer than a sliding window would be cropped in the cache: never reuse one
+        self._max_prefix = min(int(window or max_tokens), max_tokens) - 1
+        self.reuse_prefix = reuse_prefix
+        self._prefixes: OrderedDict[tuple[int, ...], _Prefix] = OrderedDict()
+        base = getattr(subject.model, subject.model.base_model_prefix, subject.model)
+        # transformers renamed the argument (``past_key_values`` until 5.x, then ``cache``)
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
     # -- tokenization ------------------------------------------------------------
 
@@ -137,8 +177,14 @@ class FeatureEncoder:
     # -- model -------------------------------------------------------------------
 
     @torch.inference_mode()
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Output of the hooked block, [batch, seq, d_model]; blocks after it never run."""
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, past_key_values: DynamicCache | None = None
+    ) -> torch.Tensor:
+        """Output of the hooked block, [batch, seq, d_model]; blocks after it never run.
+
+        With ``past_key_values`` (a cache filled for blocks 0..L), ``input_ids`` continue
+        it and ``attention_mask`` covers the cached positions too.
+        """
         captured: list[torch.Tensor] = []
 
         def capture(_module: torch.nn.Module, _args: object, output: object) -> None:
@@ -149,7 +195,11 @@ class FeatureEncoder:
         base = getattr(model, model.base_model_prefix, model)
         handle = self.subject.layers[self.layer].register_forward_hook(capture)
         try:
-            base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            if past_key_values is None:
+                base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            else:
+                cache = {self._cache_kwarg: past_key_values}
+                base(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, **cache)
         except _StopForward:
             pass
         finally:
@@ -157,6 +207,75 @@ class FeatureEncoder:
         if not captured:
             raise ModelError(f"block {self.layer} of {self.subject.name} was never reached")
         return captured[0]
+
+    def _shared_prefix(self, batch: Sequence[Tokenized]) -> int:
+        """Length of the template prefix every sample of ``batch`` shares (0: none worth caching)."""
+        if not self.reuse_prefix:
+            return 0
+        n = min(t.n_prefix for t in batch)
+        first = batch[0].input_ids
+        for t in batch[1:]:
+            while n and t.input_ids[:n] != first[:n]:
+                n -= 1
+        n = min(n, self._max_prefix)
+        return n if n >= MIN_PREFIX else 0
+
+    def _prefix(self, ids: tuple[int, ...]) -> _Prefix:
+        """The cached keys and values of a prefix, computed on first use (LRU)."""
+        hit = self._prefixes.get(ids)
+        if hit is not None:
+            self._prefixes.move_to_end(ids)
+            return hit
+        device = self.subject.device
+        cache = DynamicCache(config=self.subject.model.config)
+        t = torch.tensor([ids], device=device)
+        self.hidden_states(t, torch.ones_like(t), past_key_values=cache)
+        kv = [(cache.layers[i].keys, cache.layers[i].values) for i in range(self.layer + 1)]
+        entry = _Prefix(len(ids), kv)
+        self._prefixes[ids] = entry
+        if len(self._prefixes) > PREFIX_CACHE_SIZE:
+            self._prefixes.popitem(last=False)
+        return entry
+
+    def forward_batch(self, batch: Sequence[Tokenized]) -> tuple[torch.Tensor, int]:
+        """Hidden states of the hooked block for a batch, right-padded: ``(h, skipped)``.
+
+        ``h`` is ``[batch, width, d_model]`` for positions ``skipped..`` of every sample;
+        the first ``skipped`` positions are the shared template prefix, read from the
+        prefix cache (never pooled, so never returned).
+        """
+        device = self.subject.device
+        skip = self._shared_prefix(batch)
+        width = max(len(t.input_ids) for t in batch) - skip
+        ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
+        attn = torch.zeros((len(batch), skip + width), dtype=torch.long)
+        for row, t in enumerate(batch):
+            n = len(t.input_ids)
+            ids[row, : n - skip] = torch.tensor(t.input_ids[skip:])
+            attn[row, :n] = 1
+        if not skip:
+            return self.hidden_states(ids.to(device), attn.to(device)), 0
+        prefix = self._prefix(tuple(batch[0].input_ids[:skip]))
+        cache = DynamicCache(config=self.subject.model.config)
+        for layer, (k, v) in enumerate(prefix.kv):
+            cache.update(k.expand(len(batch), -1, -1, -1), v.expand(len(batch), -1, -1, -1), layer)
+        return self.hidden_states(ids.to(device), attn.to(device), past_key_values=cache), skip
+
+    def batches(self, toks: Sequence[Tokenized]) -> Iterator[list[int]]:
+        """Indices of ``toks`` in batches: samples sharing a template prefix together, then by length."""
+        def key(i: int) -> tuple[tuple[int, ...], int]:
+            t = toks[i]
+            return (tuple(t.input_ids[: t.n_prefix]) if self.reuse_prefix else (), len(t.input_ids))
+
+        order = sorted(range(len(toks)), key=key)
+        batch: list[int] = []
+        for i in order:
+            if batch and (len(batch) == self.batch_size or key(i)[0] != key(batch[0])[0]):
+                yield batch
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch
 
     # -- encoding ----------------------------------------------------------------
 
@@ -174,10 +293,8 @@ class FeatureEncoder:
         for i, t in enumerate(toks):
             if t.n_content == 0:
                 raise InputError(f"sample {i + 1} of a chunk has no content tokens: {chunk[i].plain_text[:60]!r}")
-        order = sorted(range(len(chunk)), key=lambda i: len(toks[i].input_ids))
         out: list[SampleFeatures | None] = [None] * len(chunk)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
+        for idx in self.batches(toks):
             results = self._encode_batch([toks[i] for i in idx])
             for i, (n_tok, ids, acts, pooled) in zip(idx, results):
                 out[i] = SampleFeatures(chunk[i].sample_hash, n_tok, ids, acts, pooled)
@@ -186,18 +303,11 @@ class FeatureEncoder:
         return out  # type: ignore[return-value]
 
     def _encode_batch(self, batch: Sequence[Tokenized]) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]:
-        device = self.subject.device
-        width = max(len(t.input_ids) for t in batch)
-        ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
-        attn = torch.zeros((len(batch), width), dtype=torch.long)
-        content = torch.zeros((len(batch), width), dtype=torch.bool)
+        h, skip = self.forward_batch(batch)
+        content = torch.zeros(h.shape[:2], dtype=torch.bool)
         for row, t in enumerate(batch):
-            n = len(t.input_ids)
-            ids[row, :n] = torch.tensor(t.input_ids)
-            attn[row, :n] = 1
-            content[row, :n] = torch.tensor(t.content)
-        h = self.hidden_states(ids.to(device), attn.to(device))
-        content = content.to(device)
+            content[row, : len(t.content) - skip] = torch.tensor(t.content[skip:])
+        content = content.to(h.device)
         lengths = content.sum(dim=1)
         with torch.inference_mode():
             tokens = h[content]  # [n_content_tokens, d_model], row-major: samples stay contiguous
@@ -224,10 +334,9 @@ class FeatureEncoder:
     def token_activations(self, sample: Sample) -> tuple[list[str], torch.Tensor]:
         """Per content token: its text and its SAE activations [n_content, d_sae] (for spans)."""
         t = self.tokenize(sample)
-        ids = torch.tensor([t.input_ids], device=self.subject.device)
-        h = self.hidden_states(ids, torch.ones_like(ids))[0]
-        mask = torch.tensor(t.content, device=h.device)
+        h, skip = self.forward_batch([t])
+        mask = torch.tensor(t.content[skip:], device=h.device)
         with torch.inference_mode():
-            acts = self.sae.encode(h[mask]).float().cpu()
+            acts = self.sae.encode(h[0][mask]).float().cpu()
         words = [self.subject.tokenizer.decode([i]) for i, c in zip(t.input_ids, t.content) if c]
         return words, acts

@@ -223,20 +223,13 @@ def token_activations(encoder: FeatureEncoder, samples: list[Sample]) -> list[tu
     Returns per sample its content tokens' text and their activations ``[n_content, d_sae]``.
     """
     toks = [encoder.tokenize(s) for s in samples]
-    width = max(len(t.input_ids) for t in toks)
-    ids = torch.full((len(toks), width), encoder._pad_id, dtype=torch.long)
-    attn = torch.zeros((len(toks), width), dtype=torch.long)
-    for row, t in enumerate(toks):
-        ids[row, : len(t.input_ids)] = torch.tensor(t.input_ids)
-        attn[row, : len(t.input_ids)] = 1
-    device = encoder.subject.device
-    h = encoder.hidden_states(ids.to(device), attn.to(device))
+    h, skip = encoder.forward_batch(toks)
     decode = encoder.subject.tokenizer.decode
     out = []
     with torch.inference_mode():
         for row, t in enumerate(toks):
-            mask = torch.zeros(width, dtype=torch.bool, device=h.device)
-            mask[: len(t.content)] = torch.tensor(t.content, device=h.device)
+            mask = torch.zeros(h.shape[1], dtype=torch.bool, device=h.device)
+            mask[: len(t.content) - skip] = torch.tensor(t.content[skip:], device=h.device)
             acts = encoder.sae.encode(h[row][mask]).float().cpu()
             out.append(([decode([i]) for i, c in zip(t.input_ids, t.content) if c], acts))
     return out

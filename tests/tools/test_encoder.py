@@ -26,6 +26,12 @@ SAMPLES = [
         meta={},
     ),
     Sample(text="hi", messages=None, meta={}),
+    # its own system prompt: a different template prefix from the default header above
+    Sample(
+        text=None,
+        messages=({"role": "system", "content": "Answer like a pirate."}, {"role": "user", "content": "Where is the treasure?"}),
+        meta={},
+    ),
 ]
 
 
@@ -64,6 +70,35 @@ def test_padding_and_batch_composition_do_not_change_a_sample(encoder):
     np.testing.assert_array_equal(alone.feature_ids, mixed.feature_ids)
     np.testing.assert_allclose(alone.max_acts, mixed.max_acts, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(alone.pooled, mixed.pooled, rtol=1e-4, atol=1e-4)
+
+
+def test_the_shared_template_prefix_is_run_once_and_changes_no_number(subject, default_sae):
+    """Same activations with and without prefix reuse; the default system header runs once, not per sample."""
+    samples = [Sample(text=f"Tell me one fact about the number {i}.", messages=None, meta={}) for i in range(12)]
+    samples += SAMPLES
+    embed = subject.model.get_input_embeddings()
+    runs = {}
+    for reuse in (False, True):
+        # batches of one: no padding, so the positions run are exactly the tokens run
+        enc = FeatureEncoder(subject, default_sae, batch_size=1, reuse_prefix=reuse)
+        positions: list[int] = []
+        handle = embed.register_forward_hook(lambda _m, args, _o: positions.append(int((args[0] != -1).sum())))
+        try:
+            runs[reuse] = (list(enc.encode(samples)), sum(positions))
+        finally:
+            handle.remove()
+    (full, full_positions), (reused, reused_positions) = runs[False], runs[True]
+    for a, b in zip(full, reused):
+        np.testing.assert_allclose(dense(a, default_sae.d_sae), dense(b, default_sae.d_sae), rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(a.pooled, b.pooled, rtol=1e-4, atol=1e-4)
+    toks = [FeatureEncoder(subject, default_sae).tokenize(s) for s in samples]
+    header = toks[0].n_prefix
+    assert header >= 20  # SmolLM2's default system header and the user turn's opening
+    shared = [t for t in toks if t.input_ids[:header] == toks[0].input_ids[:header]]
+    assert len(shared) == len(samples) - 1  # all but the pirate
+    assert full_positions == sum(len(t.input_ids) for t in toks)
+    # every sample that shares the header skips it, and the header itself runs once
+    assert reused_positions == full_positions - (len(shared) - 1) * header
 
 
 def test_template_tokens_do_not_count(encoder):
