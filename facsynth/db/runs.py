@@ -510,6 +510,17 @@ class Runs:
                 for s, c in session.execute(query)
             ]
 
+    def sample_ids(self, run_id: int, candidate_ids: Iterable[int]) -> dict[int, int]:
+        """Candidate id -> sample id, for those of ``candidate_ids`` that joined the data."""
+        ids = [int(i) for i in candidate_ids]
+        if not ids:
+            return {}
+        query = select(RunSample.candidate_id, RunSample.id).where(
+            RunSample.run_id == run_id, RunSample.candidate_id.in_(ids), RunSample.withdrawn_at.is_(None)
+        )
+        with self.store._tx() as session:
+            return {int(c): int(s) for c, s in session.execute(query)}
+
     def withdraw_samples(self, run_id: int, sample_ids: Iterable[int], *, delta: float) -> list[int]:
         """Withdraw accepted samples (a user rejected them) and the coverage only they gave.
 

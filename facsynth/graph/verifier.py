@@ -89,10 +89,13 @@ def _settle_feature(
     else:
         exhausted = None
     runs.settle(res.run.id, feature, verdicts, exhausted_reason=exhausted)
+    # only what joined the data guards against duplicates (an accepted negative that
+    # credited too few features did not), as the index rebuilt on resume has it
+    joined = runs.sample_ids(res.run.id, [v.candidate_id for v in verdicts if v.accept])
     dups = res.duplicates()
-    for v, (c, r) in zip(verdicts, pairs):
-        if v.accept:
-            dups.add(f"accepted candidate {c.id}", c.text_hash, r.features)
+    for c, r in pairs:
+        if c.id in joined:
+            dups.add(f"accepted sample {joined[c.id]}", c.text_hash, r.features)
 
 
 def _review(runs: Runs, run_id: int, run_name: str, plans: list[tuple[int, int, list, list[Verdict]]]) -> None:

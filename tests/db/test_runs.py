@@ -110,6 +110,8 @@ def test_a_negative_joins_only_with_enough_new_coverage(store: Store) -> None:
     assert runs.settle(run_id, 3, [strong]) == [2, 4]
     assert [s.covered for s in runs.samples(run_id)] == [[2, 4]]
     assert runs.feature(run_id, 3).status == "in_progress"  # its own target is still missing
+    # only the negative that joined guards the run against duplicates
+    assert runs.sample_ids(run_id, [pos.id, neg.id, neg2.id]) == {neg2.id: runs.samples(run_id)[0].id}
 
 
 def test_settle_is_all_or_nothing(store: Store) -> None:
