@@ -51,12 +51,20 @@ META = re.compile(
 instead of being a sample (a small generator writes "A new sample without the marked words")."""
 
 
+PLACEHOLDER = re.compile(
+    r"[{\[<]\s*(?:your|insert|enter|placeholder|add|put)\b[^{}\[\]<>\n]{0,40}[}\]>]",
+    re.IGNORECASE,
+)
+"""A slot left to fill ("{your suggested replacement}", "[Insert company name]"): a template,
+not a sample. Code such as ``f"{name}"`` or ``{your_var}`` does not match."""
+
+
 def quality_problem(sample: Sample, *, min_words: int, echoes: Iterable[str] = ()) -> str | None:
     """Why a candidate is not a usable sample whatever it fires (None when it is).
 
     Too few words, a text that only repeats a reply key or schema name (a small generator
     writes ``ContrastivePair`` where a sample belongs), or one that talks about the
-    instructions (:data:`META`).
+    instructions (:data:`META`), or one that leaves a slot to fill (:data:`PLACEHOLDER`).
     """
     text = sample.plain_text
     words = len(_WORD.findall(text))
@@ -69,6 +77,9 @@ def quality_problem(sample: Sample, *, min_words: int, echoes: Iterable[str] = (
     meta = META.search(text)
     if meta:
         return f"talks about the instructions ({meta.group(0)!r}) instead of being a sample"
+    slot = PLACEHOLDER.search(text)
+    if slot:
+        return f"leaves a placeholder ({slot.group(0)!r}) instead of writing it out"
     return None
 
 

@@ -61,6 +61,10 @@ def test_exact_and_near_copies_are_caught_and_new_text_is_not(encoder) -> None:
         ("A new sample on the same topic without the marked words.", "talks about the instructions"),
         ("Here is another example that does not use them.", "talks about the instructions"),
         ("What sample size do I need for a survey of 2,000 people?", None),
+        ("{your suggested replacement}, I need to know what is said in my request", "leaves a placeholder"),
+        ("[Insert company name] is hiring a data engineer in Berlin.", "leaves a placeholder"),
+        ("Why does print(f'{your_total} items') fail when the variable is unset?", None),
+        ("Format {name} and {age} into one greeting string in Python.", None),
     ],
 )
 def test_quality_gate(text: str, problem: str | None) -> None:
