@@ -27,13 +27,13 @@ def _budget(calls: int | None, tokens: int | None, seconds: float | None) -> dic
     return {k: v for k, v in {"calls": calls, "tokens": tokens, "seconds": seconds}.items() if v is not None}
 
 
-def _llm(base_url: str | None, llm_model: str | None, api_key_env: str, batch: int) -> dict[str, Any]:
+def _llm(base_url: str | None, llm_model: str | None, api_key_env: str, batch: int, seed: int = 0) -> dict[str, Any]:
     from facsynth.agent.llm import DEFAULT_MODEL
 
     instances = max(1, min(batch, os.cpu_count() or 1, 16))
     return {
         "base_url": base_url, "model": llm_model or DEFAULT_MODEL, "api_key_env": api_key_env,
-        "temperature": 0.8, "top_p": 0.9, "max_tokens": 320, "max_concurrency": max(batch, 1),
+        "temperature": 0.8, "top_p": 0.9, "max_tokens": 320, "max_concurrency": max(batch, 1), "seed": seed,
         "server": {"instances": instances},
     }
 
@@ -146,6 +146,7 @@ def run_command(
     sae: Optional[str] = typer.Option(None, "--sae", help="SAE (default: the shipped SAE)."),
     layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Decoder block read (default: the SAE's)."),
     base_url: Optional[str] = BASE_URL, llm_model: Optional[str] = LLM_MODEL, api_key_env: str = API_KEY_ENV,
+    llm_seed: int = typer.Option(0, "--llm-seed", min=0, help="Sampling seed: the same seed and data give the same run; vary it to see the spread."),
     db: Optional[str] = DB, report_dir: Path = REPORT_DIR,
 ) -> None:
     """Measure DATA's gaps over the task's features, then synthesize until the FAC target or the budget."""
@@ -166,7 +167,7 @@ def run_command(
         "budget": _budget(budget_calls, budget_tokens, budget_seconds), "strategy": strategy,
         "max_attempts": max_attempts, "batch": batch, "max_features": max_features, "delta": delta,
         "threshold": threshold, "near_duplicate_cosine": near_dup, "min_words": min_words, "negative_min_new": negative_min_new, "review": review, "model": model, "sae": sae, "layer": layer,
-        "llm": _llm(base_url, llm_model, api_key_env, batch),
+        "llm": _llm(base_url, llm_model, api_key_env, batch, llm_seed),
     })
     with open_store(db) as store:
         console.print("measuring the seed and the anchor ...")

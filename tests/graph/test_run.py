@@ -145,6 +145,31 @@ def test_paper_strategy_makes_exactly_two_calls_per_feature_without_feedback(rea
     assert all(s.candidate.step == 2 for s in runs.samples(run.id))
 
 
+def test_another_llm_seed_samples_every_request_anew(reader, fake_llm, demo_data) -> None:
+    """Same data and prompts: another seed sends every request again with another seed;
+    the same seed again is the same requests, answered from the cache."""
+    seed, anchor = demo_data
+    fake_llm.default = Reply(content=json.dumps({
+        FIRST: "Plan a three day trip to the mountains with a tight budget.",
+        SECOND: "Write a short poem about the first snow of winter in the city.",
+    }))
+    sent = {}
+    for name, llm_seed in (("a", 0), ("b", 5), ("c", 5)):
+        cfg = _fake_cfg(fake_llm, seed, anchor, strategy="paper", max_features=2)
+        cfg = cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"seed": llm_seed})})
+        before = len(fake_llm.requests)
+        prepare_run(cfg, name, reader.store, reader)
+        execute(reader.store, name, llm=LLMClient(cfg.llm, store=reader.store), reader=reader)
+        sent[name] = {
+            next(m["content"] for m in r.body["messages"] if m["role"] == "user"): r.body["seed"]
+            for r in fake_llm.requests[before:]
+        }
+    assert len(sent["a"]) == 4 and sent["b"].keys() == sent["a"].keys()  # none came from the cache
+    assert all(sent["b"][p] != sent["a"][p] for p in sent["a"])
+    assert sent["c"] == {}  # the same seed: the same requests, all cached
+    assert Runs(reader.store).summary("c").samples == Runs(reader.store).summary("b").samples
+
+
 def test_agent_retries_with_feedback_up_to_the_cap(reader, fake_llm, demo_data) -> None:
     seed, anchor = demo_data
     fake_llm.default = Reply(content=json.dumps({POSITIVE: "Okay then", NEGATIVE: "Fine thanks"}))  # parses, never usable
