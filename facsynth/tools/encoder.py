@@ -104,14 +104,8 @@ def tokenize_messages(tokenizer: object, messages: list[dict], plain_text: str, 
 MIN_PREFIX = 4
 """A shared prefix shorter than this is run with every sample: a cache would not pay."""
 PREFIX_CACHE_SIZE = 8
-
-
-@dataclass
-class _Prefix:
-    """Keys and values of a shared template prefix, blocks 0..L, batch 1."""
-
-    length: int
-    kv: list[tuple[torch.Tensor, torch.Tensor]]
+_KV = list[tuple[torch.Tensor, torch.Tensor]]
+"""Keys and values per block 0..L of one prefix, batch 1."""
 
 
 class FeatureEncoder:
@@ -160,7 +154,7 @@ class FeatureEncoder:
         # a prefix longer than a sliding window would be cropped in the cache: never reuse one
         self._max_prefix = min(int(window or max_tokens), max_tokens) - 1
         self.reuse_prefix = reuse_prefix
-        self._prefixes: OrderedDict[tuple[int, ...], _Prefix] = OrderedDict()
+        self._prefixes: OrderedDict[tuple[int, ...], _KV] = OrderedDict()
         base = getattr(subject.model, subject.model.base_model_prefix, subject.model)
         # transformers renamed the argument (``past_key_values`` until 5.x, then ``cache``)
         self._cache_kwarg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
@@ -220,7 +214,7 @@ class FeatureEncoder:
         n = min(n, self._max_prefix)
         return n if n >= MIN_PREFIX else 0
 
-    def _prefix(self, ids: tuple[int, ...]) -> _Prefix:
+    def _prefix(self, ids: tuple[int, ...]) -> _KV:
         """The cached keys and values of a prefix, computed on first use (LRU)."""
         hit = self._prefixes.get(ids)
         if hit is not None:
@@ -231,11 +225,10 @@ class FeatureEncoder:
         t = torch.tensor([ids], device=device)
         self.hidden_states(t, torch.ones_like(t), past_key_values=cache)
         kv = [(cache.layers[i].keys, cache.layers[i].values) for i in range(self.layer + 1)]
-        entry = _Prefix(len(ids), kv)
-        self._prefixes[ids] = entry
+        self._prefixes[ids] = kv
         if len(self._prefixes) > PREFIX_CACHE_SIZE:
             self._prefixes.popitem(last=False)
-        return entry
+        return kv
 
     def forward_batch(self, batch: Sequence[Tokenized]) -> tuple[torch.Tensor, int]:
         """Hidden states of the hooked block for a batch, right-padded: ``(h, skipped)``.
@@ -255,9 +248,8 @@ class FeatureEncoder:
             attn[row, :n] = 1
         if not skip:
             return self.hidden_states(ids.to(device), attn.to(device)), 0
-        prefix = self._prefix(tuple(batch[0].input_ids[:skip]))
         cache = DynamicCache(config=self.subject.model.config)
-        for layer, (k, v) in enumerate(prefix.kv):
+        for layer, (k, v) in enumerate(self._prefix(tuple(batch[0].input_ids[:skip]))):
             cache.update(k.expand(len(batch), -1, -1, -1), v.expand(len(batch), -1, -1, -1), layer)
         return self.hidden_states(ids.to(device), attn.to(device), past_key_values=cache), skip
 

@@ -52,11 +52,12 @@ instead of being a sample (a small generator writes "A new sample without the ma
 
 
 PLACEHOLDER = re.compile(
-    r"[{\[<]\s*(?:your|insert|enter|placeholder|add|put)\b[^{}\[\]<>\n]{0,40}[}\]>]",
+    r"[{\[<]\s*(?:placeholder|(?:your|insert|enter|add|put)\s+\w[^{}\[\]<>\n]{0,40})\s*[}\]>]",
     re.IGNORECASE,
 )
 """A slot left to fill ("{your suggested replacement}", "[Insert company name]"): a template,
-not a sample. Code such as ``f"{name}"`` or ``{your_var}`` does not match."""
+not a sample. Code such as ``f"{name}"`` or ``{your_var}``, and a key such as "[Enter]", do
+not match."""
 
 
 def quality_problem(sample: Sample, *, min_words: int, echoes: Iterable[str] = ()) -> str | None:

@@ -65,6 +65,7 @@ def test_exact_and_near_copies_are_caught_and_new_text_is_not(encoder) -> None:
         ("[Insert company name] is hiring a data engineer in Berlin.", "leaves a placeholder"),
         ("Why does print(f'{your_total} items') fail when the variable is unset?", None),
         ("Format {name} and {age} into one greeting string in Python.", None),
+        ("Press [Enter] twice to confirm the new password in the installer.", None),
     ],
 )
 def test_quality_gate(text: str, problem: str | None) -> None:
