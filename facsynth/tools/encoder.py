@@ -325,10 +325,18 @@ class FeatureEncoder:
 
     def token_activations(self, sample: Sample) -> tuple[list[str], torch.Tensor]:
         """Per content token: its text and its SAE activations [n_content, d_sae] (for spans)."""
-        t = self.tokenize(sample)
-        h, skip = self.forward_batch([t])
-        mask = torch.tensor(t.content[skip:], device=h.device)
+        return self.token_activations_batch([sample])[0]
+
+    def token_activations_batch(self, samples: Sequence[Sample]) -> list[tuple[list[str], torch.Tensor]]:
+        """:meth:`token_activations` for a batch: one padded forward, then the SAE per sample."""
+        toks = [self.tokenize(s) for s in samples]
+        h, skip = self.forward_batch(toks)
+        decode = self.subject.tokenizer.decode
+        out = []
         with torch.inference_mode():
-            acts = self.sae.encode(h[0][mask]).float().cpu()
-        words = [self.subject.tokenizer.decode([i]) for i, c in zip(t.input_ids, t.content) if c]
-        return words, acts
+            for row, t in enumerate(toks):
+                mask = torch.zeros(h.shape[1], dtype=torch.bool, device=h.device)
+                mask[: len(t.content) - skip] = torch.tensor(t.content[skip:], device=h.device)
+                acts = self.sae.encode(h[row][mask]).float().cpu()
+                out.append(([decode([i]) for i, c in zip(t.input_ids, t.content) if c], acts))
+        return out

@@ -10,7 +10,7 @@ Two passes, both reusing the store:
    reservoir of random samples for context spans. Memory grows with features x K,
    never with the corpus.
 2. **cut**: only the samples some feature kept are read again, token by token (in
-   padded batches, as :meth:`FeatureEncoder.token_activations` reads one); for each feature that kept a sample its
+   padded batches, :meth:`FeatureEncoder.token_activations_batch`); for each feature that kept a sample its
    peak token is found and the span of up to ``window`` content tokens ending there is
    cut. Random samples give context spans (ending anywhere) that the detection scorer
    uses as non-activating examples. Spans are stored batch by batch; the collection
@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from pydantic import BaseModel
 
 from facsynth.db.catalog import Catalog, CollectionInfo, FeatureStats, Span
@@ -217,24 +216,6 @@ def _content_words(encoder: FeatureEncoder, sample: Sample) -> list[str]:
     return [tok.decode([i]) for i, c in zip(t.input_ids, t.content) if c]
 
 
-def token_activations(encoder: FeatureEncoder, samples: list[Sample]) -> list[tuple[list[str], torch.Tensor]]:
-    """:meth:`FeatureEncoder.token_activations` for a batch: one padded forward, then the SAE per sample.
-
-    Returns per sample its content tokens' text and their activations ``[n_content, d_sae]``.
-    """
-    toks = [encoder.tokenize(s) for s in samples]
-    h, skip = encoder.forward_batch(toks)
-    decode = encoder.subject.tokenizer.decode
-    out = []
-    with torch.inference_mode():
-        for row, t in enumerate(toks):
-            mask = torch.zeros(h.shape[1], dtype=torch.bool, device=h.device)
-            mask[: len(t.content) - skip] = torch.tensor(t.content[skip:], device=h.device)
-            acts = encoder.sae.encode(h[row][mask]).float().cpu()
-            out.append(([decode([i]) for i, c in zip(t.input_ids, t.content) if c], acts))
-    return out
-
-
 def plan_spans(found: _Scan, cfg: SpanConfig) -> dict[int, list[tuple[int, str, int]]]:
     """Which spans pass 2 cuts: per sample index, its (feature, kind, rank) entries.
 
@@ -269,7 +250,7 @@ def cut_spans(
     for start in range(0, len(order), encoder.batch_size):
         batch = order[start : start + encoder.batch_size]
         spans: list[Span] = []
-        for sample_index, (words, acts) in zip(batch, token_activations(encoder, [dataset.samples[i] for i in batch])):
+        for sample_index, (words, acts) in zip(batch, encoder.token_activations_batch([dataset.samples[i] for i in batch])):
             sample_hash = dataset.samples[sample_index].sample_hash
             features = [f for f, _, _ in wanted[sample_index]]
             cols = acts[:, features]  # [n_content, len(features)]

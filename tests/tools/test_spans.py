@@ -123,6 +123,7 @@ def test_spans_end_at_the_true_peak_and_are_reused(reader, monkeypatch: pytest.M
         raise AssertionError("the model was read again")
 
     monkeypatch.setattr(reader.encoder, "token_activations", refuse)
+    monkeypatch.setattr(reader.encoder, "token_activations_batch", refuse)
     monkeypatch.setattr(reader.encoder, "encode", refuse)
     again = collect_spans(reader, data, cfg)
     assert again.from_store and again.n_spans == report.n_spans and again.n_features == report.n_features
