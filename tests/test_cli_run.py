@@ -8,6 +8,7 @@ accepted sample, adds no duplicate, and pays no LLM call twice.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -105,6 +106,22 @@ def test_run_errors_are_one_clear_line_and_store_nothing(tmp_path: Path, demo_da
     assert _scalar(tmp_path / "store.db", "SELECT count(*) FROM runs") == 0
     assert "no run named 'ghost'" in one_line_error(facsynth("resume", "ghost", cwd=tmp_path))
     assert "no run named 'ghost'" in one_line_error(facsynth("export", "ghost", cwd=tmp_path))
+
+
+def test_an_embedded_server_that_cannot_generate_fails_with_one_line_and_stores_no_run(tmp_path: Path, demo_data) -> None:
+    seed, anchor = demo_data
+    tests = Path(__file__).resolve().parent
+    env = {**env_for(tmp_path), "FACSYNTH_SERVER_MODULE": "crashing_server",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(tests), os.environ.get("PYTHONPATH")]))}
+    args = [sys.executable, "-m", "facsynth", "run", "--task", "instruction-following", "--seed", str(seed),
+            "--anchor", str(anchor), "--run", "c1", "--max-features", "2"]
+    child = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = child.communicate(timeout=600)
+    line = one_line_error(subprocess.CompletedProcess(args, child.returncode, stdout, stderr))
+    assert "crashed with SIGSEGV at its first completion" in line and "-DGGML_NATIVE=OFF" in line, line
+    assert line.endswith('--force-reinstall --no-deps "llama-cpp-python[server]>=0.3,<0.4"'), line  # copied as printed
+    assert _scalar(tmp_path / "store.db", "SELECT count(*) FROM runs") == 0
+    assert llama_server_pids(started_by=child.pid) == []
 
 
 def test_an_unreachable_endpoint_stops_the_run_with_one_line_and_how_to_resume(tmp_path: Path, demo_data) -> None:

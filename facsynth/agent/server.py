@@ -12,6 +12,13 @@ server process outlives facsynth:
 * on Linux the child also asks the kernel for SIGTERM when its parent dies
   (``PR_SET_PDEATHSIG``), which covers a parent killed with SIGKILL.
 
+A server that answers ``/v1/models`` may still be unable to generate: a llama.cpp built with
+native CPU flags on one host dies with SIGSEGV or SIGILL at its first token on a host whose
+CPU advertises instructions (AMX, AVX-512) that its VM does not let programs use. So
+:meth:`EmbeddedServer.start` proves each instance can generate (a 1-token completion) before
+it returns, and a crash there becomes one :class:`LLMError` line that names the signal and
+the command that rebuilds llama-cpp-python portably (:data:`PORTABLE_CMAKE_ARGS`).
+
 llama-cpp-python's server answers one request at a time (a global lock around the
 model), so parallel calls only pay off with several server processes: ``instances``
 starts that many and :class:`facsynth.agent.llm.LLMClient` spreads its calls over their
@@ -50,6 +57,30 @@ log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 
+LLAMA_CPP_PYTHON = "llama-cpp-python[server]>=0.3,<0.4"
+"""The requirement of the ``server`` extra (keep pyproject.toml and the README in step)."""
+
+PORTABLE_CMAKE_ARGS = (
+    "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
+    "-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+)
+"""llama.cpp build flags that run on any x86-64 CPU with AVX2, whatever else it advertises
+(the README's install uses them)."""
+
+CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGILL, signal.SIGBUS, signal.SIGFPE, signal.SIGABRT}
+"""Signals of a server that cannot run its own machine code on this CPU."""
+
+
+def rebuild_command() -> str:
+    """The command that rebuilds llama-cpp-python portably in this Python environment."""
+    return (
+        f'CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" {sys.executable} -m pip install --no-cache-dir --force-reinstall '
+        f'--no-deps "{LLAMA_CPP_PYTHON}"'
+    )
+
+
+def server_module_default() -> str:
+    return os.environ.get("FACSYNTH_SERVER_MODULE") or "llama_cpp.server"
 
 
 class ServerConfig(BaseModel):
@@ -69,6 +100,12 @@ class ServerConfig(BaseModel):
     """Prompt tokens evaluated per batch."""
     startup_timeout_s: float = Field(120.0, gt=0)
     """How long to wait for ``/v1/models`` to answer."""
+    check_generation: bool = True
+    """Before start() returns, each instance must generate one token (a server built for
+    another CPU crashes there instead of in the middle of a run)."""
+    module: str = Field(default_factory=server_module_default)
+    """The Python module run as the server (``python -m MODULE`` with llama_cpp.server's
+    options); ``$FACSYNTH_SERVER_MODULE`` sets the default."""
     die_with_parent: bool = True
     """Linux: the kernel stops the server when the thread that started it ends."""
 
@@ -116,6 +153,8 @@ class EmbeddedServer:
     _instances: list[_Instance] = field(default_factory=list, init=False, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
     _tmpdir: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False, repr=False)
+    checks: list[float] = field(default_factory=list, init=False, repr=False)
+    """Seconds each instance took to generate its start-up token (empty when the check is off)."""
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -155,6 +194,10 @@ class EmbeddedServer:
             deadline = time.monotonic() + self.config.startup_timeout_s
             for inst in self._instances:
                 self._wait_ready(inst, deadline)
+            self.checks = []
+            if self.config.check_generation:
+                for inst in self._instances:
+                    self.checks.append(self._check_generates(inst))
         except BaseException:
             self.stop()
             raise
@@ -180,7 +223,7 @@ class EmbeddedServer:
         """Raise LLMError if an instance has exited."""
         for inst in self._instances:
             if inst.process.poll() is not None:
-                raise LLMError(f"the embedded LLM server on port {inst.port} exited: {_last_line(inst.log_file)}")
+                raise LLMError(_death_message(inst, f"on port {inst.port}"))
 
     def __enter__(self) -> Self:
         return self.start()
@@ -199,8 +242,8 @@ class EmbeddedServer:
         }
         flat = [part for pair in args.items() for part in pair]
         if cfg.die_with_parent:  # through _child_main below
-            return [sys.executable, "-m", "facsynth.agent.server", str(os.getpid()), *flat]
-        return [sys.executable, "-m", "llama_cpp.server", *flat]
+            return [sys.executable, "-m", "facsynth.agent.server", str(os.getpid()), cfg.module, *flat]
+        return [sys.executable, "-m", cfg.module, *flat]
 
     def _start_instance(self, model: Path, threads: int, port: int | None, index: int) -> None:
         assert self._tmpdir is not None
@@ -234,6 +277,8 @@ class EmbeddedServer:
         with httpx.Client(timeout=2.0) as http:
             while True:
                 if inst.process.poll() is not None:
+                    if inst.process.returncode < 0:
+                        raise LLMError(_death_message(inst, "at start"))
                     raise LLMError(
                         f"the embedded LLM server exited at start (code {inst.process.returncode}): {_last_line(inst.log_file)}"
                     )
@@ -248,6 +293,49 @@ class EmbeddedServer:
                         f"{_last_line(inst.log_file) or 'no output'}"
                     )
                 time.sleep(0.1)
+
+    def _check_generates(self, inst: _Instance) -> float:
+        """One 1-token completion; its latency. A crash or an error becomes one LLMError line."""
+        url = inst.base_url + "/completions"
+        body = {"model": self.model_alias, "prompt": "Hello", "max_tokens": 1, "temperature": 0.0}
+        started = time.monotonic()
+        problem: str
+        try:
+            with httpx.Client(timeout=self.config.startup_timeout_s) as http:
+                reply = http.post(url, json=body)
+            if reply.status_code == 200 and reply.json().get("choices"):
+                return time.monotonic() - started
+            problem = f"answered HTTP {reply.status_code}: {_first_line(reply.text) or 'no body'}"
+        except (httpx.HTTPError, ValueError) as exc:
+            problem = f"failed it ({type(exc).__name__}: {_first_line(str(exc)) or 'no detail'})"
+        try:
+            inst.process.wait(timeout=2.0)  # a crash closes the connection a moment before the exit is seen
+        except subprocess.TimeoutExpired:
+            raise LLMError(f"the embedded LLM server (llama.cpp) {problem} at its start-up check (a 1-token completion)") from None
+        raise LLMError(_death_message(inst, "at its first completion")) from None
+
+
+def _death_message(inst: _Instance, when: str) -> str:
+    """One line: how the server process ended and, for a crash, how to rebuild it portably."""
+    code = inst.process.returncode
+    if code is not None and code < 0:
+        try:
+            sig = signal.Signals(-code)
+        except ValueError:
+            return f"the embedded LLM server (llama.cpp) was killed by signal {-code} {when}"
+        if sig in CRASH_SIGNALS:
+            return (
+                f"the embedded LLM server (llama.cpp) crashed with {sig.name} {when}: this llama-cpp-python build "
+                "uses CPU instructions this machine does not run (a native build, e.g. AMX or AVX-512 in a VM); "
+                f"rebuild it portably: {rebuild_command()}"
+            )
+        return f"the embedded LLM server (llama.cpp) was stopped by {sig.name} {when}"
+    last = _last_line(inst.log_file)
+    return f"the embedded LLM server (llama.cpp) exited with code {code} {when}" + (f": {last}" if last else "")
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")[:200]
 
 
 def _tail(log_file: IO[bytes], size: int = 8192) -> str:
@@ -335,7 +423,8 @@ def stop_all() -> None:
 
 
 def _child_main() -> None:
-    """``python -m facsynth.agent.server PARENT_PID ARGS...``: llama_cpp.server that dies with its parent.
+    """``python -m facsynth.agent.server PARENT_PID MODULE ARGS...``: the server module (llama_cpp.server)
+    run so that it dies with its parent.
 
     On Linux the kernel sends SIGTERM to this process when the parent thread ends
     (``PR_SET_PDEATHSIG``); a parent already gone before that is caught by the ppid check.
@@ -343,6 +432,7 @@ def _child_main() -> None:
     import runpy
 
     parent = int(sys.argv.pop(1))
+    module = sys.argv.pop(1)
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -352,8 +442,8 @@ def _child_main() -> None:
             log.debug("prctl(PR_SET_PDEATHSIG) is not available")
     if os.getppid() != parent:
         sys.exit(1)
-    sys.argv[0] = "llama_cpp.server"
-    runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+    sys.argv[0] = module
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any, Optional
 
@@ -57,7 +58,7 @@ def _panel(summary: Any, cfg: Any, started: float, spent_calls: int, tokens: int
     return Group(*(Text.from_markup(x) for x in lines))
 
 
-def _execute(store: Any, run_name: str, cfg: Any, *, reader: Any = None, quiet: bool = False) -> Any:
+def _execute(store: Any, run_name: str, cfg: Any, *, reader: Any = None, client: Any = None, quiet: bool = False) -> Any:
     from facsynth.agent.llm import open_client
     from facsynth.graph.budget import spent
     from facsynth.graph.runner import execute
@@ -70,7 +71,7 @@ def _execute(store: Any, run_name: str, cfg: Any, *, reader: Any = None, quiet: 
             f"[bold]facsynth chat {run_name}[/] then /review, /approve [IDS], /deny IDS, /edit ID TEXT"
         )
 
-    with open_client(cfg.llm, store=store) as client:
+    with nullcontext(client) if client is not None else open_client(cfg.llm, store=store) as client:
         if quiet or not console.is_terminal:
             last = [0.0]
 
@@ -169,21 +170,30 @@ def run_command(
         "threshold": threshold, "near_duplicate_cosine": near_dup, "min_words": min_words, "negative_min_new": negative_min_new, "review": review, "model": model, "sae": sae, "layer": layer,
         "llm": _llm(base_url, llm_model, api_key_env, batch, llm_seed),
     })
-    with open_store(db) as store:
+    with open_store(db) as store, ExitStack() as stack:
+        clients: list[Any] = []
+
+        def start_llm() -> None:  # after the inputs are measured, before the run is stored
+            from facsynth.agent.llm import open_client
+
+            if cfg.llm.base_url is None:
+                console.print("starting the embedded LLM server and checking that it generates ...")
+            clients.append(stack.enter_context(open_client(cfg.llm, store=store)))
+
         console.print("measuring the seed and the anchor ...")
-        run, reader = prepare_run(cfg, run_name, store)
+        run, reader = prepare_run(cfg, run_name, store, before_create=start_llm)
         console.print(
             f"run [bold]{run.name}[/]: F = {run.n_relevant} {run.feature_set}\n"
             f"seed FAC {run.n_seed_covered / run.n_relevant:.1%}; {run.n_relevant - run.n_seed_covered} missing features to target"
         )
-        _go(store, run.name, cfg, report_dir, reader=reader)
+        _go(store, run.name, cfg, report_dir, reader=reader, client=clients[0])
 
 
-def _go(store: Any, name: str, cfg: Any, report_dir: Path, reader: Any = None) -> None:
+def _go(store: Any, name: str, cfg: Any, report_dir: Path, reader: Any = None, client: Any = None) -> None:
     from facsynth.errors import FacsynthError
 
     try:
-        _execute(store, name, cfg, reader=reader)
+        _execute(store, name, cfg, reader=reader, client=client)
     except KeyboardInterrupt:
         console.print(f"\nstopped. Everything accepted so far is stored; continue with: [bold]facsynth resume {name}[/]")
         raise

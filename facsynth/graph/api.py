@@ -20,7 +20,7 @@ llama.cpp server when ``base_url`` is None, started and stopped around the run);
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +62,14 @@ def synthesize(
     FAC target or the budget. ``options`` are :class:`RunConfig` fields (``target_fac``,
     ``budget``, ``strategy``, ``max_attempts``, ``max_features``, ``llm``, ...)."""
     cfg = validated({"task": task, "seed": str(seed), "anchor": None if anchor is None else str(anchor), **options})
-    with _store(store) as st:
-        record, reader = prepare_run(cfg, run, st, reader)
-        with _client(cfg, st, client) as llm:
-            execute(st, record.name, llm=llm, reader=reader, on_step=on_step)
+    with _store(store) as st, ExitStack() as stack:
+        opened: list[LLMClient] = []
+
+        def start_llm() -> None:  # after the inputs are measured, before the run is stored
+            opened.append(stack.enter_context(_client(cfg, st, client)))
+
+        record, reader = prepare_run(cfg, run, st, reader, before_create=start_llm)
+        execute(st, record.name, llm=opened[0], reader=reader, on_step=on_step)
         return coverage_report(st, record.name)
 
 

@@ -63,8 +63,12 @@ def _priorities(catalog: Catalog, reader_id: int, task: str, missing: list[int],
 
 
 def prepare_run(cfg: RunConfig, name: str | None, store: Store, reader: Reader | None = None,
-                progress: Any = None) -> tuple[RunRecord, Reader]:
-    """Measure, find the missing features and create the run (nothing is stored on bad input)."""
+                progress: Any = None, before_create: Callable[[], Any] | None = None) -> tuple[RunRecord, Reader]:
+    """Measure, find the missing features and create the run (nothing is stored on bad input).
+
+    ``before_create`` runs once every input has been read and measured, just before the run
+    is stored: the place to start the LLM endpoint, so that one which cannot generate leaves
+    no run behind."""
     name = check_run_name(name) if name else default_run_name(cfg)
     runs = Runs(store)
     if any(r.name == name for r in runs.all()):
@@ -120,6 +124,8 @@ def prepare_run(cfg: RunConfig, name: str | None, store: Store, reader: Reader |
         ranked = sorted(missing, key=lambda f: (-pri[f], f))
         held_back = ranked[cfg.max_features :]
         how += f"; synthesis targets its {cfg.max_features} highest-priority missing features"
+    if before_create is not None:
+        before_create()
     seed_id = store.register_dataset(seed.name, seed.source, [(s.sample_hash, s.payload) for s in seed])
     payload = {
         "config": cfg.model_dump(mode="json"),

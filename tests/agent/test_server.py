@@ -6,6 +6,7 @@ start) and checks the process table afterwards with a /proc scan.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -50,6 +51,37 @@ def test_instances_answer_and_stop_cleanly() -> None:
     assert gone(pids, timeout_s=0.5)  # stopped before __exit__ returned
     assert not server.running
     server.stop()  # idempotent
+
+
+def test_start_proves_each_instance_generates() -> None:
+    with EmbeddedServer(ServerConfig(instances=2, **SMALL)) as server:
+        assert len(server.checks) == 2 and all(0 < s < 60 for s in server.checks)
+    with EmbeddedServer(ServerConfig(instances=1, check_generation=False, **SMALL)) as server:
+        assert server.checks == []
+
+
+TESTS = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def crashing(monkeypatch: pytest.MonkeyPatch) -> ServerConfig:
+    """A server that answers /v1/models and dies with SIGSEGV at its first completion."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
+    return ServerConfig(instances=1, module="crashing_server", **SMALL)
+
+
+def test_a_server_that_crashes_at_its_first_token_is_one_clear_error(crashing: ServerConfig) -> None:
+    before = set(llama_server_pids())
+    server = EmbeddedServer(crashing)
+    with pytest.raises(LLMError) as info:
+        server.start()
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert "crashed with SIGSEGV at its first completion" in msg
+    assert 'CMAKE_ARGS="-DGGML_NATIVE=OFF' in msg and "-DGGML_AMX_TILE=OFF" in msg and "--no-cache-dir" in msg
+    assert not server.running and server.pids == []
+    time.sleep(0.2)
+    assert set(llama_server_pids()) <= before
 
 
 def test_an_error_in_the_block_stops_the_server() -> None:
