@@ -103,6 +103,10 @@ def test_run_errors_are_one_clear_line_and_store_nothing(tmp_path: Path, demo_da
     assert "no such file" in one_line_error(missing)
     assert "bad option target_fac" in one_line_error(facsynth(*base, "--task", "toxicity", "--target-fac", "1.5", cwd=tmp_path))
     assert "strategy" in one_line_error(facsynth(*base, "--task", "toxicity", "--strategy", "magic", cwd=tmp_path))
+    assert "unknown writer 'gpt9'; choose one of: qwen2.5-coder-1.5b" in one_line_error(
+        facsynth(*base, "--task", "toxicity", "--writer", "gpt9", cwd=tmp_path))
+    assert "cannot go with --base-url" in one_line_error(
+        facsynth(*base, "--task", "toxicity", "--writer", "qwen2.5-coder-1.5b", "--base-url", "http://127.0.0.1:9/v1", cwd=tmp_path))
     assert _scalar(tmp_path / "store.db", "SELECT count(*) FROM runs") == 0
     assert "no run named 'ghost'" in one_line_error(facsynth("resume", "ghost", cwd=tmp_path))
     assert "no run named 'ghost'" in one_line_error(facsynth("export", "ghost", cwd=tmp_path))

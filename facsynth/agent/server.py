@@ -89,7 +89,8 @@ class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     gguf: str | None = None
-    """Model spec for :func:`facsynth.tools.model.resolve` or a ``.gguf`` path; None: bundled SmolLM2."""
+    """A writer name (:data:`facsynth.agent.writers.WRITERS`), a model spec for
+    :func:`facsynth.tools.model.resolve` or a ``.gguf`` path; None: bundled SmolLM2."""
     instances: int = Field(2, ge=1, le=16)
     """Server processes; each answers one request at a time."""
     threads_per_instance: int = Field(1, ge=1)
@@ -118,8 +119,14 @@ def free_port(host: str = LOOPBACK) -> int:
 
 
 def gguf_path(spec: str | None) -> Path:
-    """The GGUF file a model spec names (default: the bundled SmolLM2-135M-Instruct)."""
+    """The GGUF file a model spec names (default: the bundled SmolLM2-135M-Instruct; a writer
+    name of :mod:`facsynth.agent.writers` is assembled from its installed parts)."""
+    from facsynth.agent.writers import is_writer, writer_gguf
     from facsynth.tools.model import resolve
+
+    if is_writer(spec):
+        assert spec is not None
+        return writer_gguf(spec)
 
     source = resolve(spec)
     if not source.gguf_file:

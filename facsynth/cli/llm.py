@@ -25,8 +25,8 @@ def _llm() -> None:
 @app.command("serve")
 def serve_command(
     port: int | None = typer.Option(None, "--port", "-p", help="Port of the first instance (default: a free one)."),
-    model: str | None = typer.Option(None, "--model", "-m", help="GGUF file or model alias (default: bundled SmolLM2-135M-Instruct)."),
-    alias: str = typer.Option("smollm2-135m-instruct", "--alias", help="Model name the server answers to."),
+    model: str | None = typer.Option(None, "--model", "-m", help="A writer (qwen2.5-coder-1.5b, qwen2.5-coder-0.5b), a GGUF file or a model alias (default: bundled SmolLM2-135M-Instruct)."),
+    alias: str | None = typer.Option(None, "--alias", help="Model name the server answers to (default: the writer's name, else smollm2-135m-instruct)."),
     instances: int = typer.Option(1, "--instances", "-n", min=1, max=16, help="Server processes (each answers one request at a time)."),
     threads: int = typer.Option(1, "--threads", "-t", min=1, help="CPU threads per instance (1 unless the machine is otherwise idle)."),
     n_ctx: int = typer.Option(2048, "--n-ctx", min=128, help="Context window per instance, in tokens."),
@@ -34,6 +34,9 @@ def serve_command(
     """Run llama.cpp's OpenAI-compatible server on 127.0.0.1 until Ctrl-C."""
     from facsynth.agent.server import EmbeddedServer, ServerConfig
 
+    from facsynth.agent.writers import is_writer
+
+    alias = alias or (model if is_writer(model) else "smollm2-135m-instruct")
     cfg = ServerConfig(gguf=model, instances=instances, threads_per_instance=threads, n_ctx=n_ctx)
     server = EmbeddedServer(cfg, model_alias=alias, port=port)
     with console.status("starting llama.cpp server"):

