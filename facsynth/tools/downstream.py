@@ -373,7 +373,9 @@ def evaluate(
         x_add = rows(extra) if extra is not None else x_seed[:0]
         y_add = binary(values, positive) if values is not None else y_seed[:0]
         sources = [seed_ds.source] + ([extra.source] if extra is not None else [])
-        train_hashes = [s.sample_hash for s in seed_ds.samples] + ([s.sample_hash for s in extra.samples] if extra else [])
+        train_hashes = [s.sample_hash for s in seed_ds.samples]
+        if extra is not None:
+            train_hashes += [s.sample_hash for s in extra.samples]
         overlap = sum(h in test_hashes for h in train_hashes)
         if overlap:
             log.warning("arm %s: %d training samples are also in the test set", name, overlap)

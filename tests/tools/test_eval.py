@@ -135,3 +135,12 @@ def test_bad_test_sets_fail_before_the_model_loads(tmp_path, sms, make, expected
 def test_bad_options_are_one_input_error() -> None:
     with pytest.raises(InputError, match="seed_size"):
         EvalConfig.make(seed_size=1)
+
+
+def test_an_unlabelled_added_set_and_a_too_large_seed_size_fail_before_the_model_loads(tmp_path, sms) -> None:
+    unlabelled = tmp_path / "export.jsonl"
+    unlabelled.write_text('{"messages": [{"role": "user", "content": "win a prize"}], "source": "synthetic"}\n')
+    with pytest.raises(InputError, match="export.jsonl has no 'label' field"):
+        evaluate(sms["seed"], sms["test"], [unlabelled], model="no-such-model-is-ever-loaded")
+    with pytest.raises(InputError, match="larger than the seed"):
+        evaluate(sms["seed"], sms["test"], config=EvalConfig(seed_size=41), model="no-such-model-is-ever-loaded")
