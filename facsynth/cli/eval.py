@@ -66,14 +66,16 @@ def print_report(report) -> None:  # noqa: ANN001 - EvalReport, imported lazily
         else f"{report.confidence:.0%} bootstrap interval over {report.bootstrap} test resamples"
     )
     table = Table(title=f"Does the data help? ({over})")
-    for col in ("arm", "n_train", "positive", "AUPRC", "accuracy", "AUPRC vs seed"):
+    for col in ("arm", "n_train", "positive", "AUPRC", "accuracy", "AUPRC gain (paired)"):
         table.add_column(col, justify="left" if col == "arm" else "right")
-    base = report.arms[0].auprc.value
     for a in report.arms:
-        label = a.name if a.name == "seed" else f"seed + {a.name}"
-        delta = "" if a is report.arms[0] else f"{a.auprc.value - base:+.3f}"
-        table.add_row(label, str(a.n_train), str(a.n_train_positive), _fmt(a.auprc), _fmt(a.accuracy), delta)
+        label = a.name if a is report.arms[0] else f"seed + {a.name}"
+        g = a.auprc_gain
+        gain = "" if g is None else f"{g.value:+.3f} [{g.low:+.3f}, {g.high:+.3f}]"
+        table.add_row(label, str(a.n_train), str(a.n_train_positive), _fmt(a.auprc), _fmt(a.accuracy), gain)
     console.print(table)
+    console.print("gain: AUPRC minus the seed arm's on the same test resamples (and seed draws); "
+                  "an interval across 0 is no evidence either way")
     for a in report.arms:
         if a.overlap:
             console.print(f"[yellow]warning:[/] {a.name}: {a.overlap} training samples are also in the test set")

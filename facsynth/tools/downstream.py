@@ -119,7 +119,10 @@ class ArmResult(BaseModel):
     auprc: Interval
     accuracy: Interval
     interval: Literal["bootstrap", "draws"]
-    """What the interval spans: test resamples, or the seed draws."""
+    """What the AUPRC and accuracy intervals span: test resamples, or the seed draws."""
+    auprc_gain: Interval | None = None
+    """AUPRC minus the seed arm's (None for the seed arm), paired: the same test resamples and
+    seed draws for both arms; its interval spans test resamples (pooled over the draws)."""
     draws: list[DrawResult] = []
 
 
@@ -222,8 +225,10 @@ def average_precision(y: np.ndarray, scores: np.ndarray) -> float:
 
 def bootstrap_intervals(
     y: np.ndarray, scores: np.ndarray, *, resamples: int, confidence: float, rng: np.random.Generator
-) -> tuple[Interval, Interval]:
-    """AUPRC and accuracy (threshold 0.5) with percentile intervals over test resamples.
+) -> tuple[Interval, Interval, np.ndarray]:
+    """AUPRC and accuracy (threshold 0.5) with percentile intervals over test resamples,
+    and the AUPRC of each resample (for paired differences: the same ``rng`` state gives the
+    same resamples).
 
     A resample with one class only has no AUPRC and is drawn again (it is rare unless the
     test set is tiny or nearly one class).
@@ -246,9 +251,20 @@ def bootstrap_intervals(
     q = [100 * a, 100 * (1 - a)]
     ap_lo, ap_hi = np.percentile(aps[:done], q)
     acc_lo, acc_hi = np.percentile(accs[:done], q)
-    return Interval(value=ap_point, low=float(ap_lo), high=float(ap_hi)), Interval(
-        value=acc_point, low=float(acc_lo), high=float(acc_hi)
+    return (
+        Interval(value=ap_point, low=float(ap_lo), high=float(ap_hi)),
+        Interval(value=acc_point, low=float(acc_lo), high=float(acc_hi)),
+        aps[:done],
     )
+
+
+def paired_gain(points: Sequence[float], resampled: Sequence[np.ndarray], confidence: float) -> Interval:
+    """Mean AUPRC gain over draws, with the percentile interval of the paired per-resample gains
+    pooled over draws: it spans test-set noise and, with several draws, seed-draw noise too."""
+    pooled = np.concatenate(list(resampled))
+    a = (1.0 - confidence) / 2.0
+    lo, hi = np.percentile(pooled, [100 * a, 100 * (1 - a)])
+    return Interval(value=float(np.mean(points)), low=float(lo), high=float(hi))
 
 
 def mean_interval(values: Sequence[float], confidence: float) -> Interval:
@@ -369,6 +385,7 @@ def evaluate(
         [draw_seed(y_seed, cfg.seed_size, rng) for _ in range(cfg.draws)] if cfg.seed_size is not None else None
     )
     arms: list[ArmResult] = []
+    seed_aps: list[tuple[float, np.ndarray]] = []
     for name, extra, values in [(SEED_ARM, None, None), *zip(_arm_names(add_ds), add_ds, add_v)]:
         x_add = rows(extra) if extra is not None else x_seed[:0]
         y_add = binary(values, positive) if values is not None else y_seed[:0]
@@ -380,16 +397,21 @@ def evaluate(
         if overlap:
             log.warning("arm %s: %d training samples are also in the test set", name, overlap)
         picks = draws if draws is not None else [np.arange(len(seed_ds))]
-        results = []
-        for pick in picks:
+        results, gains, gain_resampled = [], [], []
+        for k, pick in enumerate(picks):
             x_tr = np.concatenate([x_seed[pick], x_add])
             y_tr = np.concatenate([y_seed[pick], y_add])
             scores = probe_scores(x_tr, y_tr, x_test, cfg.c)
             # the same test resamples for every arm and draw: differences are paired
-            ap, acc = bootstrap_intervals(
+            ap, acc, resampled = bootstrap_intervals(
                 y_test, scores, resamples=cfg.bootstrap, confidence=cfg.confidence,
                 rng=np.random.default_rng(cfg.rng_seed + 1),
             )
+            if extra is None:
+                seed_aps.append((ap.value, resampled))
+            else:
+                gains.append(ap.value - seed_aps[k][0])
+                gain_resampled.append(resampled - seed_aps[k][1])
             results.append(DrawResult(n_train=int(y_tr.size), auprc=ap, accuracy=acc))
         n_pos = int(y_seed[picks[0]].sum() + y_add.sum())
         if draws is None:
@@ -401,6 +423,7 @@ def evaluate(
         arms.append(ArmResult(
             name=name, sources=sources, n_train=results[0].n_train, n_train_positive=n_pos, overlap=overlap,
             auprc=auprc, accuracy=accuracy, interval=kind, draws=kept,  # type: ignore[arg-type]
+            auprc_gain=paired_gain(gains, gain_resampled, cfg.confidence) if gains else None,
         ))
     return EvalReport(
         test=test_ds.source, n_test=len(test_ds), n_test_positive=int(y_test.sum()),

@@ -64,6 +64,8 @@ def test_probe_on_real_sms_spam_gives_auprc_with_intervals(subject, sms) -> None
         assert arm.auprc.value > report.chance_auprc  # the frozen features do separate spam
         assert arm.overlap == 0
     assert report.auprc == {"seed": seed.auprc.value, "more": more.auprc.value}
+    assert seed.auprc_gain is None and more.auprc_gain.value == pytest.approx(more.auprc.value - seed.auprc.value)
+    assert more.auprc_gain.low <= more.auprc_gain.value <= more.auprc_gain.high
     data = json.loads(report.model_dump_json())
     assert set(data["auprc"]) == {"seed", "more"} and data["layer"] == 15
 
@@ -144,3 +146,17 @@ def test_an_unlabelled_added_set_and_a_too_large_seed_size_fail_before_the_model
         evaluate(sms["seed"], sms["test"], [unlabelled], model="no-such-model-is-ever-loaded")
     with pytest.raises(InputError, match="larger than the seed"):
         evaluate(sms["seed"], sms["test"], config=EvalConfig(seed_size=41), model="no-such-model-is-ever-loaded")
+
+
+def test_the_gain_over_the_seed_is_paired_on_the_same_resamples() -> None:
+    from facsynth.tools.downstream import bootstrap_intervals, paired_gain
+
+    rng = np.random.default_rng(3)
+    y = rng.random(60) < 0.3
+    weak, strong = rng.random(60), np.where(y, 0.6, 0.4) + 0.3 * rng.random(60)
+    ap_w, _, rw = bootstrap_intervals(y, weak, resamples=300, confidence=0.95, rng=np.random.default_rng(1))
+    ap_s, _, rs = bootstrap_intervals(y, strong, resamples=300, confidence=0.95, rng=np.random.default_rng(1))
+    gain = paired_gain([ap_s.value - ap_w.value], [rs - rw], 0.95)
+    assert gain.value == pytest.approx(ap_s.value - ap_w.value) and 0 < gain.low <= gain.high
+    same = paired_gain([0.0], [rw - rw], 0.95)  # an arm against itself: exactly no gain
+    assert (same.low, same.value, same.high) == (0.0, 0.0, 0.0)
