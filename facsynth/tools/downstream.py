@@ -180,6 +180,9 @@ def choose_positive(train: Sequence[str], test: Sequence[str], given: Sequence[s
         if not wanted & {v.lower() for v in test}:
             raise InputError(f"no test label is {' or '.join(sorted(wanted))}; the test labels are {', '.join(classes)}")
         return wanted
+    if len(classes) < 2:
+        raise InputError(f"every training and test sample has the label {classes[0]!r}: "
+                         "one class only; the probe needs positive and other samples")
     named = [c for c in classes if c in POSITIVE_NAMES]
     if len(named) == 1:
         return {named[0]}

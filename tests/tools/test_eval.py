@@ -102,6 +102,8 @@ def test_positive_class_rules() -> None:
     assert choose_positive(["0", "1"], ["1", "0", "0"], ()) == {"1"}
     assert choose_positive(["ham", "spam"], ["spam", "ham", "ham"], ()) == {"spam"}  # the rarer test class
     assert choose_positive(["a", "b"], ["a", "b", "b"], ["B"]) == {"b"}  # named, case-insensitive
+    with pytest.raises(InputError, match="one class only"):
+        choose_positive(["ham", "ham"], ["ham"], ())
     with pytest.raises(InputError, match="equally frequent"):
         choose_positive(["a", "b"], ["a", "b"], ())
     with pytest.raises(InputError, match="name the positive class"):
