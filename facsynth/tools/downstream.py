@@ -323,6 +323,52 @@ def _arm_names(adds: Sequence[Dataset]) -> list[str]:
     return names
 
 
+def _score_arm(
+    name: str,
+    sets: list[Dataset],
+    x: np.ndarray,
+    y: np.ndarray,
+    seed_aps: list[tuple[float, np.ndarray]] | None,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    draws: list[np.ndarray] | None,
+    cfg: EvalConfig,
+) -> tuple[ArmResult, list[tuple[float, np.ndarray]]]:
+    """Train and score one arm: rows ``x``/``y`` are the seed's, then the added set's.
+
+    With ``draws`` each draw keeps those seed rows and every added row. ``seed_aps`` (the seed
+    arm's AUPRC and per-resample AUPRCs, per draw) gives the paired gain; None for the seed arm.
+    """
+    n_seed = len(sets[0])
+    added = np.arange(n_seed, y.size)
+    picks = draws if draws is not None else [np.arange(n_seed)]
+    results, aps, gains, gain_resampled = [], [], [], []
+    for k, pick in enumerate(picks):
+        rows = np.r_[pick, added]
+        scores = probe_scores(x[rows], y[rows], x_test, cfg.c)
+        # the same test resamples for every arm and draw: differences are paired
+        ap, acc, resampled = bootstrap_intervals(
+            y_test, scores, resamples=cfg.bootstrap, confidence=cfg.confidence, rng=np.random.default_rng(cfg.rng_seed + 1),
+        )
+        aps.append((ap.value, resampled))
+        if seed_aps is not None:
+            gains.append(ap.value - seed_aps[k][0])
+            gain_resampled.append(resampled - seed_aps[k][1])
+        results.append(DrawResult(n_train=int(rows.size), auprc=ap, accuracy=acc))
+    if draws is None:
+        auprc, accuracy, kind, kept = results[0].auprc, results[0].accuracy, "bootstrap", []
+    else:
+        auprc = mean_interval([r.auprc.value for r in results], cfg.confidence)
+        accuracy = mean_interval([r.accuracy.value for r in results], cfg.confidence)
+        kind, kept = "draws", results
+    arm = ArmResult(
+        name=name, sources=[ds.source for ds in sets], n_train=results[0].n_train,
+        n_train_positive=int(y[np.r_[picks[0], added]].sum()), overlap=0, auprc=auprc, accuracy=accuracy,
+        interval=kind, draws=kept, auprc_gain=paired_gain(gains, gain_resampled, cfg.confidence) if gains else None,  # type: ignore[arg-type]
+    )
+    return arm, aps
+
+
 def evaluate(
     train: str | Path | Dataset,
     test: str | Path | Dataset,
@@ -382,52 +428,22 @@ def evaluate(
         return x_all[[index[s.sample_hash] for s in ds.samples]]
 
     x_seed, x_test = rows(seed_ds), rows(test_ds)
-    test_hashes = {s.sample_hash for s in test_ds.samples}
     rng = np.random.default_rng(cfg.rng_seed)
     draws = (
         [draw_seed(y_seed, cfg.seed_size, rng) for _ in range(cfg.draws)] if cfg.seed_size is not None else None
     )
-    arms: list[ArmResult] = []
-    seed_aps: list[tuple[float, np.ndarray]] = []
-    for name, extra, values in [(SEED_ARM, None, None), *zip(_arm_names(add_ds), add_ds, add_v)]:
-        x_add = rows(extra) if extra is not None else x_seed[:0]
-        y_add = binary(values, positive) if values is not None else y_seed[:0]
-        sources = [seed_ds.source] + ([extra.source] if extra is not None else [])
-        train_hashes = [s.sample_hash for s in seed_ds.samples]
-        if extra is not None:
-            train_hashes += [s.sample_hash for s in extra.samples]
-        overlap = sum(h in test_hashes for h in train_hashes)
-        if overlap:
-            log.warning("arm %s: %d training samples are also in the test set", name, overlap)
-        picks = draws if draws is not None else [np.arange(len(seed_ds))]
-        results, gains, gain_resampled = [], [], []
-        for k, pick in enumerate(picks):
-            x_tr = np.concatenate([x_seed[pick], x_add])
-            y_tr = np.concatenate([y_seed[pick], y_add])
-            scores = probe_scores(x_tr, y_tr, x_test, cfg.c)
-            # the same test resamples for every arm and draw: differences are paired
-            ap, acc, resampled = bootstrap_intervals(
-                y_test, scores, resamples=cfg.bootstrap, confidence=cfg.confidence,
-                rng=np.random.default_rng(cfg.rng_seed + 1),
-            )
-            if extra is None:
-                seed_aps.append((ap.value, resampled))
-            else:
-                gains.append(ap.value - seed_aps[k][0])
-                gain_resampled.append(resampled - seed_aps[k][1])
-            results.append(DrawResult(n_train=int(y_tr.size), auprc=ap, accuracy=acc))
-        n_pos = int(y_seed[picks[0]].sum() + y_add.sum())
-        if draws is None:
-            auprc, accuracy, kind, kept = results[0].auprc, results[0].accuracy, "bootstrap", []
-        else:
-            auprc = mean_interval([r.auprc.value for r in results], cfg.confidence)
-            accuracy = mean_interval([r.accuracy.value for r in results], cfg.confidence)
-            kind, kept = "draws", results
-        arms.append(ArmResult(
-            name=name, sources=sources, n_train=results[0].n_train, n_train_positive=n_pos, overlap=overlap,
-            auprc=auprc, accuracy=accuracy, interval=kind, draws=kept,  # type: ignore[arg-type]
-            auprc_gain=paired_gain(gains, gain_resampled, cfg.confidence) if gains else None,
-        ))
+    seed_arm, seed_aps = _score_arm(SEED_ARM, [seed_ds], x_seed, y_seed, None, x_test, y_test, draws, cfg)
+    arms = [seed_arm]
+    for name, extra, values in zip(_arm_names(add_ds), add_ds, add_v):
+        x_arm = np.concatenate([x_seed, rows(extra)])  # the seed rows first: draws index into them
+        y_arm = np.concatenate([y_seed, binary(values, positive)])
+        arm, _ = _score_arm(name, [seed_ds, extra], x_arm, y_arm, seed_aps, x_test, y_test, draws, cfg)
+        arms.append(arm)
+    test_hashes = {s.sample_hash for s in test_ds.samples}
+    for arm, sets in zip(arms, [[seed_ds], *([seed_ds, ds] for ds in add_ds)]):
+        arm.overlap = sum(s.sample_hash in test_hashes for ds in sets for s in ds.samples)
+        if arm.overlap:
+            log.warning("arm %s: %d training samples are also in the test set", arm.name, arm.overlap)
     return EvalReport(
         test=test_ds.source, n_test=len(test_ds), n_test_positive=int(y_test.sum()),
         chance_auprc=float(y_test.mean()), label_column=col, positive=sorted(positive), model=subject.name,
