@@ -7,6 +7,8 @@ The Python API mirrors the CLI::
     print(report.at(report.coverage[0].delta).fac)
     run = facsynth.synthesize("seed.jsonl", task="instruction-following", anchor="anchor.jsonl", target_fac=0.65)
     print(run.fac_before, run.fac_after)
+    ev = facsynth.evaluate("seed.jsonl", "test.jsonl", add=["export.jsonl"])
+    print(ev.auprc)
 
 Heavy modules (torch, transformers) load on first use, not on ``import facsynth``.
 """
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 __all__ = [
-    "measure", "Reader", "MeasureReport", "synthesize", "resume", "export_run", "coverage_report", "open_chat",
+    "measure", "Reader", "MeasureReport", "evaluate", "EvalReport", "synthesize", "resume", "export_run", "coverage_report", "open_chat",
     "load_dataset", "load_sae", "load_model", "FacsynthError",
 ]
 
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from facsynth.graph.api import resume, synthesize
     from facsynth.graph.report import coverage_report
     from facsynth.tools.datasets import load_dataset
+    from facsynth.tools.downstream import EvalReport, evaluate
     from facsynth.tools.measure import MeasureReport, Reader, measure
     from facsynth.tools.model import load as load_model
     from facsynth.tools.sae import load_sae
@@ -37,6 +40,8 @@ _LAZY = {
     "measure": ("facsynth.tools.measure", "measure"),
     "Reader": ("facsynth.tools.measure", "Reader"),
     "MeasureReport": ("facsynth.tools.measure", "MeasureReport"),
+    "evaluate": ("facsynth.tools.downstream", "evaluate"),
+    "EvalReport": ("facsynth.tools.downstream", "EvalReport"),
     "synthesize": ("facsynth.graph.api", "synthesize"),
     "resume": ("facsynth.graph.api", "resume"),
     "export_run": ("facsynth.db.export", "export_run"),

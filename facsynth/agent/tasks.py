@@ -4,7 +4,9 @@ A task has a ``name``, a free-text ``definition``, ``criteria`` the task judge a
 and optionally the ``format`` of the samples synthesis should write for it. Five
 presets follow the paper's tasks (toxicity, instruction following, helpfulness /
 reward modelling, sycophancy, survival instinct); users add their own in a TOML or
-YAML file, either one task at the top level or a list under ``tasks``::
+YAML file, either one task at the top level or a list under ``tasks``. One more preset, ``sms-spam``,
+goes with the real labelled SMS set the package ships (``facsynth/data/sms_spam``), so that a
+synthesis run's samples can be scored downstream with ``facsynth eval``::
 
     # tasks.toml
     [[tasks]]
@@ -143,9 +145,30 @@ PRESETS: dict[str, TaskSpec] = {
             ],
             format={"sample": "a question to an AI about its shutdown or modification; an answer accepting oversight"},
         ),
+        TaskSpec(
+            name="sms-spam",
+            definition=(
+                "Detecting SMS spam: unsolicited text messages that advertise, announce prizes or cash, push "
+                "premium-rate numbers, subscriptions or links, or fish for replies and details, as a spam filter "
+                "must flag them, against the ordinary personal messages people send each other (ham)."
+            ),
+            criteria=[
+                "offers, prizes, awards, free entries, discounts, cash or ringtones",
+                "calls to action: text a keyword, call a number, claim now, reply STOP, visit a link",
+                "short codes, premium-rate phone numbers, prices per message or per minute, T&Cs",
+                "urgency and official-sounding notices (your account, your mobile number, final attempt)",
+                "also relevant: casual personal messages (plans, greetings, texting abbreviations, slang) that a "
+                "filter must let through, and ham that shares surface cues with spam (numbers, 'free', 'call me')",
+            ],
+            format={
+                "sample": "one SMS text message as people send it, 3-40 words; informal spelling and abbreviations are fine",
+                "label": ["spam", "ham"],
+            },
+        ),
     ]
 }
-"""The paper's five tasks, with definitions and criteria written for facsynth."""
+"""The paper's five tasks, with definitions and criteria written for facsynth, and ``sms-spam``, the task
+of the shipped labelled set (``facsynth/data/sms_spam``) that ``facsynth eval`` can score."""
 
 
 def _read_toml(path: Path) -> Any:

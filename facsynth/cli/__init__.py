@@ -35,8 +35,10 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progr
 
 def _register() -> None:
     from facsynth.cli import chat, features, llm, measure, run, sae
+    from facsynth.cli import eval as eval_cli
 
     measure.register(app)
+    eval_cli.register(app)
     run.register(app)
     chat.register(app)
     app.add_typer(sae.app, name="sae", help="Import, train and inspect sparse autoencoders.")

@@ -135,7 +135,7 @@ def _print_report(rep: Any) -> None:
 
 
 def run_command(
-    task: str = typer.Option(..., "--task", "-t", help="Task: a preset (toxicity, instruction-following, helpfulness, sycophancy, survival-instinct) or one from --tasks-file."),
+    task: str = typer.Option(..., "--task", "-t", help="Task: a preset (toxicity, instruction-following, helpfulness, sycophancy, survival-instinct, sms-spam) or one from --tasks-file."),
     seed: Path = typer.Option(..., "--seed", "-s", help="The data whose gaps are filled (JSONL, CSV/TSV, text, HF dataset dir)."),
     anchor: Optional[Path] = typer.Option(None, "--anchor", "-a", help="Corpus of the task's domain: F = relevant features active on it."),
     target_fac: float = typer.Option(0.9, "--target-fac", help="Stop when FAC over F reaches this."),

@@ -118,7 +118,7 @@ class FeatureEncoder:
     def __init__(
         self,
         subject: SubjectModel,
-        sae: FeatureSAE,
+        sae: FeatureSAE | None,
         layer: int | None = None,
         *,
         template: TemplateMode = "auto",
@@ -129,17 +129,20 @@ class FeatureEncoder:
         reuse_prefix: bool = True,
     ) -> None:
         if layer is None:
-            if sae.layer is None:
-                raise ModelError(f"SAE {sae.name} records no layer: give the layer to read")
+            if sae is None or sae.layer is None:
+                named = "no SAE" if sae is None else f"SAE {sae.name} records no layer"
+                raise ModelError(f"{named}: give the layer to read")
             layer = sae.layer
         self.layer = subject.check_layer(layer)
-        sae.check_fits(subject.d_model, subject.name)
-        if sae.layer is not None and sae.layer != self.layer:
-            log.warning("SAE %s was trained on block %d but block %d is read", sae.name, sae.layer, self.layer)
+        if sae is not None:
+            sae.check_fits(subject.d_model, subject.name)
+            if sae.layer is not None and sae.layer != self.layer:
+                log.warning("SAE %s was trained on block %d but block %d is read", sae.name, sae.layer, self.layer)
         if batch_size < 1 or max_tokens < 1 or chunk_size < 1:
             raise InputError("batch_size, max_tokens and chunk_size must be positive")
         self.subject = subject
-        self.sae = sae.to(subject.device, subject.dtype)
+        self.sae = sae.to(subject.device, subject.dtype) if sae is not None else None
+        """None: the encoder only gives pooled hidden states (:meth:`pooled`)."""
         self.batch_size = batch_size
         self.max_tokens = max_tokens
         self.chunk_size = max(chunk_size, batch_size)
@@ -280,11 +283,39 @@ class FeatureEncoder:
     def encode_one(self, sample: Sample) -> SampleFeatures:
         return next(self.encode([sample]))
 
-    def _encode_chunk(self, chunk: Sequence[Sample], progress: Progress | None) -> list[SampleFeatures]:
+    def pooled(self, samples: Sequence[Sample], progress: Progress | None = None) -> np.ndarray:
+        """Hidden states of the hooked block mean-pooled over content tokens, [n, d_model] float32.
+
+        The same forward and pooling as :meth:`encode`'s ``pooled`` but without the SAE, so it
+        works with no SAE at all (frozen features for a downstream probe).
+        """
+        out = np.zeros((len(samples), self.subject.d_model), dtype=np.float32)
+        for start in range(0, len(samples), self.chunk_size):
+            chunk = samples[start : start + self.chunk_size]
+            toks = self._tokenize_checked(chunk)
+            for idx in self.batches(toks):
+                h, skip = self.forward_batch([toks[i] for i in idx])
+                with torch.inference_mode():
+                    for row, i in enumerate(idx):
+                        t = toks[i]
+                        mask = torch.zeros(h.shape[1], dtype=torch.bool, device=h.device)
+                        mask[: len(t.content) - skip] = torch.tensor(t.content[skip:], device=h.device)
+                        out[start + i] = h[row][mask].float().mean(dim=0).cpu().numpy()
+                if progress is not None:
+                    progress(len(idx), sum(toks[i].n_content for i in idx))
+        return out
+
+    def _tokenize_checked(self, chunk: Sequence[Sample]) -> list[Tokenized]:
         toks = [self.tokenize(s) for s in chunk]
         for i, t in enumerate(toks):
             if t.n_content == 0:
                 raise InputError(f"sample {i + 1} of a chunk has no content tokens: {chunk[i].plain_text[:60]!r}")
+        return toks
+
+    def _encode_chunk(self, chunk: Sequence[Sample], progress: Progress | None) -> list[SampleFeatures]:
+        if self.sae is None:
+            raise ModelError("this encoder has no SAE: it reads pooled hidden states only")
+        toks = self._tokenize_checked(chunk)
         out: list[SampleFeatures | None] = [None] * len(chunk)
         for idx in self.batches(toks):
             results = self._encode_batch([toks[i] for i in idx])
@@ -329,6 +360,8 @@ class FeatureEncoder:
 
     def token_activations_batch(self, samples: Sequence[Sample]) -> list[tuple[list[str], torch.Tensor]]:
         """:meth:`token_activations` for a batch: one padded forward, then the SAE per sample."""
+        if self.sae is None:
+            raise ModelError("this encoder has no SAE: it reads pooled hidden states only")
         toks = [self.tokenize(s) for s in samples]
         h, skip = self.forward_batch(toks)
         decode = self.subject.tokenizer.decode

@@ -12,14 +12,15 @@ from facsynth.db.catalog import Catalog
 from facsynth.errors import InputError
 
 
-def test_presets_are_the_papers_five_tasks_and_get_stored(store: Any) -> None:
-    assert set(PRESETS) == {"toxicity", "instruction-following", "helpfulness", "sycophancy", "survival-instinct"}
+def test_presets_are_the_papers_five_tasks_and_sms_spam_and_get_stored(store: Any) -> None:
+    assert set(PRESETS) == {"toxicity", "instruction-following", "helpfulness", "sycophancy", "survival-instinct", "sms-spam"}
     for task in PRESETS.values():
         assert len(task.definition) > 40 and task.criteria.count("\n- ") >= 2
     catalog = Catalog(store)
     assert store_tasks(catalog) == sorted(PRESETS)
     assert catalog.task("toxicity").source == "preset"
     assert catalog.task("toxicity").format["label"] == ["toxic", "non-toxic"]
+    assert catalog.task("sms-spam").format["label"] == ["spam", "ham"]
 
 
 def test_user_toml_adds_tasks_and_replaces_a_preset(store: Any, tmp_path: Path) -> None:
@@ -45,7 +46,7 @@ criteria = "slurs only"
     assert legal.format == {"sample": "one user question", "label": ["legal", "other"]}
     assert catalog.task("legal-advice").source == str(path)
     assert resolve_task(catalog, "toxicity").definition == "Our own notion of toxicity."  # stays replaced
-    assert len(catalog.tasks()) == 6
+    assert len(catalog.tasks()) == len(PRESETS) + 1
 
 
 def test_user_yaml_single_task(store: Any, tmp_path: Path) -> None:
