@@ -60,6 +60,7 @@ def build_request(res: Resources, cfg: RunConfig, feature: int, attempt: int, st
     req = GenerationRequest(
         feature=feature, step=step, strategy=cfg.strategy, task=res.task, explanation=res.explanation(feature),
         spans=spans, threshold=res.threshold, style=list(style),
+        request=res.calibration is not None and cfg.quality and res.calibration.request_check,
     )
     if step == 2:
         usable = [c for c in history if not (c.reason or "").startswith("quality:")]  # no echo or stub as an example

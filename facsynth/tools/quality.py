@@ -5,7 +5,8 @@ string or a remark about the instructions fires dozens. The rule, applied to pos
 negatives alike:
 
 * **text** (no model): enough words, not an echo of the reply format, no talk about the
-  instructions (:data:`META`), no slot left to fill (:data:`PLACEHOLDER`);
+  instructions (:data:`META`) nor their markup copied (:data:`PROMPT_MARKUP`), no slot left to
+  fill (:data:`PLACEHOLDER`);
 * **fluent**: the subject model's mean per-token loss (negative log-likelihood of the
   content tokens, a full forward to the logits) is at most ``max_loss``, and the share of
   its whitespace-separated pieces that are words (letters, with punctuation around them) is
@@ -112,24 +113,27 @@ PLACEHOLDER = re.compile(
 not a sample. Code such as ``f"{name}"`` or ``{your_var}``, and a key such as "[Enter]", do
 not match."""
 
+PROMPT_MARKUP = re.compile(r"<<|>>|\{\s*\d+(?:\.\d+)?\s*\}")
+"""Markup of the generator's prompt copied into a candidate: the ``<<peak>>`` marks of a
+snippet, or an activation score in braces ("{1.25} How much sleep ... {3.75}")."""
+
 _REQUEST_FIRST = re.compile(
     r"\W*(?:(?:hi|hello|hey|ok|okay|so|now|also|quick question)\W+)?(?:please\W+)?"
-    r"(?:what|what's|how|why|when|where|which|who|whom|whose|is|are|am|was|were|can|could|would|will|should|shall|"
-    r"do|does|did|may|might|have|has|"
+    r"(?:what|what's|how|why|when|where|which|who|whom|whose|is|are|can|could|would|will|should|shall|do|does|did|"
     r"explain|write|describe|list|give|tell|show|help|create|make|plan|suggest|recommend|compare|summarize|summarise|"
     r"translate|draft|generate|design|outline|find|calculate|compute|solve|convert|rewrite|edit|fix|correct|pretend|"
     r"imagine|act|suppose|assume|teach|name|define|provide|share|brainstorm|compose|prepare|analyze|analyse|classify|"
     r"identify|evaluate|estimate|predict|review|check|propose|build|implement|rank|sort|walk|break|turn|use|debug|"
     r"refactor|optimize|optimise|simplify|shorten|expand|paraphrase|proofread|format|organize|organise|schedule|"
     r"recommend|advise|critique|rate|choose|pick|decide|argue|defend|sketch|illustrate|convince|persuade|remind|"
-    r"let's|let\s+me|let\s+us|i\s+need|i\s+want|i'd\s+like|i\s+would\s+like|i'm\s+looking|i\s+am\s+looking|"
-    r"i'm\s+trying|i\s+am\s+trying|i'm\s+planning|i'm\s+writing|i\s+have|prove|critique|derive|show\s+that)\b",
+    r"i\s+need|i\s+want|i'd\s+like|i\s+would\s+like|i'm\s+looking\s+for|i\s+am\s+looking\s+for|"
+    r"prove|critique|derive|show\s+that)\b",
     re.IGNORECASE,
 )
 _REQUEST_ANY = re.compile(
-    r"\?|\b(?:can|could|would|will) you\b|\bplease\b|\bhelp me\b|\bi need\b|\bi(?:'d| would) like\b|"
+    r"\?|\b(?:can|could|would|will) you\b|\bplease\b|\bhelp me\b|\bi(?:'d| would) like (?:you|to know|to learn)\b|"
     r"\bi want (?:you|to know|to learn|to understand)\b|\btell me\b|\bshow me\b|\bgive me\b|\bwalk me\b|"
-    r"\bexplain\b|\bhow (?:do|can|should|would) i\b|\bany (?:tips|ideas|advice|suggestions)\b",
+    r"\bhow (?:do|can|should|would) i\b|\bany (?:tips|ideas|advice|suggestions)\b",
     re.IGNORECASE,
 )
 
@@ -167,6 +171,9 @@ def text_problem(sample: Sample, *, min_words: int, echoes: Iterable[str] = ()) 
     meta = META.search(text)
     if meta:
         return Problem("about_instructions", f"talks about the instructions ({meta.group(0)!r}) instead of being a sample")
+    markup = PROMPT_MARKUP.search(text)
+    if markup:
+        return Problem("about_instructions", f"copies the prompt's markup ({markup.group(0)!r}) instead of writing a sample")
     slot = PLACEHOLDER.search(text)
     if slot:
         return Problem("placeholder", f"leaves a placeholder ({slot.group(0)!r}) instead of writing it out")

@@ -17,7 +17,7 @@ from endpoints import Reply
 from facsynth.agent.llm import LLMClient
 from facsynth.db.runs import Runs
 from facsynth.graph.config import RunConfig
-from facsynth.graph.prompts import NEGATIVE, POSITIVE
+from facsynth.graph.prompts import NEGATIVE, POSITIVE, REQUEST_RULE
 from facsynth.graph.report import coverage_report
 from facsynth.graph.runner import execute, prepare_run
 from facsynth.tools.quality import JUDGE_SYSTEM
@@ -60,6 +60,8 @@ def test_judge_verdicts_are_recorded_and_a_reply_that_does_not_parse_leaves_the_
     cal = run.config["setup"]["quality"]
     assert cal["corpus"] == "anchor" and cal["n"] == 48 and cal["anchor"]["all"] >= 0.95  # stored for resume
     execute(reader.store, "judged", llm=LLMClient(cfg.llm, store=reader.store), reader=reader)
+    generated = [r for r in fake_llm.requests if JUDGE_SYSTEM not in json.dumps(r.body["messages"])]
+    assert len(generated) == 2 and all(REQUEST_RULE in json.dumps(r.body["messages"]) for r in generated)
     runs = Runs(reader.store)
     cands = runs.candidates(run.id)
     positives = [c for c in cands if c.role == "positive"]

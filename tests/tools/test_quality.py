@@ -125,10 +125,25 @@ def test_loss_is_the_mean_next_token_loss_of_the_content_tokens(subject, encoder
         ("The universe is infinite and has no end.", False),
         ("A calm walk along the quiet river at dusk, with nothing much to say about it.", False),
         ("Ajax 2.0.3 (17.8-bit) 64-Bit C++ 19 Dec 2015", False),
+        # candidates an earlier main job accepted: statements that only sound like a user
+        ("That's not what I said, but it is my statement now. I am going to try again. Let's try another.", False),
+        ("Another way to say it, I will explain further.", False),
+        ("I'm trying to be careful here because there's no other way to explain it.", False),
+        ("I'm looking for a gentle stretching routine for my lower back.", True),
     ],
 )
 def test_request_signal(text: str, asks: bool) -> None:
     assert is_request(text) is asks
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["{1.25} How much sleep do adults actually need, and what happens? {3.75}",
+     "Explain the greenhouse effect to a 12-year-<<old>>."],
+)
+def test_the_prompts_markup_copied_into_a_candidate_is_talk_about_the_instructions(text: str) -> None:
+    problem = text_problem(Sample(text=text), min_words=4)
+    assert problem is not None and problem.code == "about_instructions"
 
 
 def test_word_share() -> None:
