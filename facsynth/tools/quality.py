@@ -119,12 +119,15 @@ snippet, or an activation score in braces ("{1.25} How much sleep ... {3.75}")."
 
 _REQUEST_FIRST = re.compile(
     r"\W*(?:(?:hi|hello|hey|ok|okay|so|now|also|quick question)\W+)?(?:please\W+)?"
-    r"(?:what|what's|how|why|when|where|which|who|whom|whose|is|are|can|could|would|will|should|shall|do|does|did|"
+    r"(?:(?:what|how|why|when|where|which|who|whom|whose)\s+(?:is|are|was|were|do|does|did|can|could|would|will|"
+    r"should|shall|may|might|must|has|have|had|to|much|many|long|often|far|old|big|kind|type|sort|if|about|early|"
+    r"late|soon|exactly|well)|who\s+\w+|"
+    r"what's|how's|who's|where's|why's|is|are|can|could|would|will|should|shall|do|does|did|"
     r"explain|write|describe|list|give|tell|show|help|create|make|plan|suggest|recommend|compare|summarize|summarise|"
     r"translate|draft|generate|design|outline|find|calculate|compute|solve|convert|rewrite|edit|fix|correct|pretend|"
     r"imagine|act|suppose|assume|teach|name|define|provide|share|brainstorm|compose|prepare|analyze|analyse|classify|"
     r"identify|evaluate|estimate|predict|review|check|propose|build|implement|rank|sort|walk|break|turn|use|debug|"
-    r"refactor|optimize|optimise|simplify|shorten|expand|paraphrase|proofread|format|organize|organise|schedule|"
+    r"balance|return|refactor|optimize|optimise|simplify|shorten|expand|paraphrase|proofread|format|organize|organise|schedule|"
     r"recommend|advise|critique|rate|choose|pick|decide|argue|defend|sketch|illustrate|convince|persuade|remind|"
     r"i\s+need|i\s+want|i'd\s+like|i\s+would\s+like|i'm\s+looking\s+for|i\s+am\s+looking\s+for|"
     r"prove|critique|derive|show\s+that)\b",
@@ -182,7 +185,8 @@ def text_problem(sample: Sample, *, min_words: int, echoes: Iterable[str] = ()) 
 
 def is_request(text: str) -> bool:
     """A request or question a user would send an assistant (cheap signals): a question
-    mark, a sentence that starts with a request verb or question word, or a request phrase."""
+    mark, a sentence that starts with a request verb or a question ("how do", "what is"; not
+    "When we are faced with ..."), or a request phrase ("can you", "help me")."""
     text = text.strip()
     if _REQUEST_ANY.search(text):
         return True

@@ -130,6 +130,9 @@ def test_loss_is_the_mean_next_token_loss_of_the_content_tokens(subject, encoder
         ("Another way to say it, I will explain further.", False),
         ("I'm trying to be careful here because there's no other way to explain it.", False),
         ("I'm looking for a gentle stretching routine for my lower back.", True),
+        ("When we are faced with very hard decisions, often there is no clear answer.", False),
+        ("what did nietzsche mean by god is dead", True),
+        ("How do I fix the error my build prints", True),
     ],
 )
 def test_request_signal(text: str, asks: bool) -> None:
