@@ -60,7 +60,7 @@ def _panel(summary: Any, cfg: Any, started: float, spent_calls: int, tokens: int
     b = cfg.budget
     lines = [
         f"[bold]FAC[/] {s.fac:.1%} (seed {s.fac_before:.1%}) / target {cfg.target_fac:.0%}    "
-        f"+{s.covered} features from {s.samples} accepted samples",
+        f"+{s.covered} features ({s.covered_by_negatives} from negatives) from {s.samples} accepted samples",
         f"covered {s.by_status['covered']}  exhausted {s.by_status['exhausted']}  in progress {s.by_status['in_progress']}  "
         f"pending {s.by_status['pending']}  excluded {s.by_status['excluded']}",
         f"acceptance {rate}   generator calls {spent_calls}{'' if b.calls is None else f'/{b.calls}'}   tokens {tokens}   "
@@ -91,7 +91,7 @@ def _execute(store: Any, run_name: str, cfg: Any, *, reader: Any = None, client:
                     last[0] = time.monotonic()
                     used = spent(store, run_name, 0.0)
                     console.print(
-                        f"FAC {s.fac:.1%} (+{s.covered}) | covered {s.by_status['covered']} exhausted "
+                        f"FAC {s.fac:.1%} (+{s.covered}, {s.covered_by_negatives} from negatives) | covered {s.by_status['covered']} exhausted "
                         f"{s.by_status['exhausted']} pending {s.by_status['pending']} | accepted {s.samples} | "
                         f"calls {used.calls}", highlight=False,
                     )
@@ -125,10 +125,34 @@ def _print_report(rep: Any) -> None:
     t = Table(title=f"run {rep.run} ({rep.strategy}, task {rep.task}): {rep.status}", show_header=False)
     t.add_row("feature set", f"{rep.n_relevant}: {rep.feature_set}")
     t.add_row("FAC before", f"{rep.fac_before:.1%}")
-    t.add_row("FAC after", f"{rep.fac_after:.1%}  (+{rep.covered_by_run} features, verified through the SAE)")
+    t.add_row("FAC after", f"{rep.fac_after:.1%}  (+{rep.covered_by_run} features, verified through the SAE; "
+                           f"{rep.covered_by_negatives} of them from negatives)")
     t.add_row("features", "  ".join(f"{k} {v}" for k, v in rep.by_status.items()))
     rate = "-" if rep.acceptance_rate is None else f"{rep.acceptance_rate:.0%}"
-    t.add_row("samples", f"{rep.samples} accepted of {rep.candidates} candidates (acceptance {rate})")
+    roles = ", ".join(f"{n} {role}s" for role, n in sorted(rep.samples_by_role.items()))
+    t.add_row("samples", f"{rep.samples} accepted ({roles or 'none'}) of {rep.candidates} candidates (acceptance {rate})")
+    t.add_row("verdicts by reason", "  ".join(
+        f"{code} {sum(by.values())}" + (f" ({', '.join(f'{n} {r}' for r, n in sorted(by.items()))})" if len(by) > 1 else "")
+        for code, by in sorted(rep.by_reason.items(), key=lambda kv: -sum(kv[1].values()))
+    ) or "-")
+    q = rep.quality
+    if q is None:
+        t.add_row("quality", "model checks off (text checks only)")
+    else:
+        th = q.thresholds
+        t.add_row("quality rule", (
+            f"loss <= {th['max_loss']:.2f}, words >= {th['min_words']:.0%}, topic distance <= {th['max_distance']:.3f}"
+            f"{', a request' if th['request_check'] else ''}: calibrated on the {th['corpus']} ({th['n']} samples, "
+            f"{th['pass_rate']:.0%} pass)"))
+
+        def rates(r: dict[str, float]) -> str:
+            return "  ".join(f"{k} {v:.0%}" for k, v in r.items()) or "-"
+
+        t.add_row("quality: anchor", rates(q.anchor))
+        t.add_row("quality: seed", rates(q.seed))
+        t.add_row("quality: joined", rates(q.joined))
+        if q.judged:
+            t.add_row("LLM judge", "  ".join(f"{k} {v}" for k, v in sorted(q.judged.items())))
     t.add_row("LLM", f"{rep.llm_calls} generator calls, {rep.tokens} tokens, {rep.elapsed_s:.0f} s")
     t.add_row("stopped", rep.stop_reason or "-")
     console.print(t)
@@ -152,6 +176,9 @@ def run_command(
     near_dup: float = typer.Option(0.95, "--near-dup", help="Feature-vector cosine at or above which a candidate is a near duplicate."),
     min_words: int = typer.Option(4, "--min-words", help="Candidates with fewer words are rejected whatever they fire."),
     negative_min_new: int = typer.Option(3, "--negative-min-new", help="An accepted negative joins the data when it covers this many missing features (0: never)."),
+    quality: bool = typer.Option(True, "--quality/--no-quality", help="Reject candidates that are not fluent, off the anchor's topic or not a request, whatever they fire (thresholds calibrated on the anchor)."),
+    quality_pass: float = typer.Option(0.95, "--quality-pass", help="Share of the anchor the quality checks let through: the calibration quantile."),
+    judge: bool = typer.Option(False, "--judge/--no-judge", help="Also ask the LLM whether each candidate the checks accept is a usable sample (Yes/No; counts as LLM calls)."),
     review: bool = typer.Option(False, "--review", help="Stop before accepting each batch until you approve, deny or edit it in `facsynth chat RUN`."),
     tasks_file: Optional[Path] = typer.Option(None, "--tasks-file", help="TOML or YAML file of task definitions."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Subject model (default: bundled SmolLM2-135M-Instruct)."),
@@ -179,7 +206,8 @@ def run_command(
         "tasks_file": str(tasks_file) if tasks_file else None, "target_fac": target_fac,
         "budget": _budget(budget_calls, budget_tokens, budget_seconds), "strategy": strategy,
         "max_attempts": max_attempts, "batch": batch, "max_features": max_features, "delta": delta,
-        "threshold": threshold, "near_duplicate_cosine": near_dup, "min_words": min_words, "negative_min_new": negative_min_new, "review": review, "model": model, "sae": sae, "layer": layer,
+        "threshold": threshold, "near_duplicate_cosine": near_dup, "min_words": min_words, "negative_min_new": negative_min_new,
+        "quality": quality, "quality_pass": quality_pass, "quality_judge": judge, "review": review, "model": model, "sae": sae, "layer": layer,
         "llm": _llm(base_url, llm_model, api_key_env, batch, llm_seed, writer),
     })
     with open_store(db) as store, ExitStack() as stack:

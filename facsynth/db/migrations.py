@@ -469,3 +469,13 @@ def m003_runs(conn: Connection) -> None:
     ]
     for table in new:
         table.create(conn)
+
+
+@migration
+def m004_verdict_reasons(conn: Connection) -> None:
+    """Each verdict's reason code (a fixed vocabulary) and the quality signals it was read with."""
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    table = Table("run_candidates", md, Column("id", Integer, primary_key=True))
+    for column in (Column("reason_code", String(32), nullable=True), Column("checks", Text, nullable=True)):
+        kind = column.type.compile(dialect=conn.dialect)
+        conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))

@@ -460,6 +460,10 @@ class RunCandidate(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     proposed: Mapped[str | None] = mapped_column(String(16), nullable=True)
     """Review mode: ``accepted`` while the verifier's acceptance waits for the user."""
+    reason_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    """The verdict's reason as a code of :data:`facsynth.tools.quality.REASONS` (m004)."""
+    checks: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """JSON: the quality signals read (loss, distance, request, judge) (m004)."""
     review: Mapped[str | None] = mapped_column(String(16), nullable=True)
     """The user's decision on a proposed candidate: ``approve``, ``deny`` or ``edit``."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

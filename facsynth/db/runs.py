@@ -99,6 +99,10 @@ class Candidate:
     """Review mode: ``accepted`` while the verifier's acceptance waits for the user."""
     review: str | None = None
     """The user's decision: ``approve``, ``deny`` or ``edit``."""
+    code: str | None = None
+    """The verdict's reason code (:data:`facsynth.tools.quality.REASONS`)."""
+    checks: dict[str, Any] | None = None
+    """The quality signals the verdict was made with."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,10 @@ class Verdict:
     accepted negative); 0: always."""
     fires: list[int] = field(default_factory=list)
     """Features it fires above the measuring delta (credited when accepted)."""
+    code: str = ""
+    """The reason as a code of :data:`facsynth.tools.quality.REASONS`."""
+    checks: dict[str, Any] | None = None
+    """The quality signals it was judged with (stored with the verdict)."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,8 @@ class Summary:
     candidates: int
     verified: int
     accepted: int
+    covered_by_negatives: int = 0
+    """Of ``covered``, features whose covering sample is a negative (reported apart)."""
 
     @property
     def fac_before(self) -> float:
@@ -193,7 +203,8 @@ def _candidate(r: RunCandidate) -> Candidate:
         target_act=r.target_act, span=json.loads(r.span) if r.span else None,
         feature_ids=None if r.feature_ids is None else _decode(r.feature_ids, "<i4", np.int32),
         max_acts=None if r.max_acts is None else _decode(r.max_acts, "<f4", np.float32),
-        verdict=r.verdict, reason=r.reason, proposed=r.proposed, review=r.review,
+        verdict=r.verdict, reason=r.reason, proposed=r.proposed, review=r.review, code=r.reason_code,
+        checks=json.loads(r.checks) if r.checks else None,
     )
 
 
@@ -391,6 +402,8 @@ class Runs:
                 row.max_acts = _encode_acts(v.max_acts)
                 row.verdict = v.verdict
                 row.reason = v.reason
+                row.reason_code = v.code or None
+                row.checks = _canonical_json(v.checks) if v.checks else None
                 if row.role != "negative":
                     best = v.target_act if best is None else max(best, v.target_act)
                 if not v.accept:
@@ -401,6 +414,9 @@ class Runs:
                 if exists is not None:
                     if not v.min_new:
                         row.verdict, row.reason = "duplicate", f"same text as accepted sample {exists}"
+                        row.reason_code = "duplicate"
+                    else:
+                        row.reason_code = "example"
                     continue
                 fires = [int(f) for f in v.fires]
                 credited = list(
@@ -413,6 +429,7 @@ class Runs:
                     )
                 ) if fires else []
                 if len(credited) < v.min_new:
+                    row.reason_code = "example"  # a valid negative that adds too little: contrast only
                     continue
                 sample = RunSample(
                     run_id=run_id, candidate_id=row.id, feature_id=feature, text_hash=row.text_hash,
@@ -650,10 +667,31 @@ class Runs:
             accepted = session.scalar(
                 select(func.count()).where(RunSample.run_id == run.id, RunSample.withdrawn_at.is_(None))
             ) or 0
+            by_negatives = session.scalar(
+                select(func.count())
+                .select_from(RunFeature)
+                .join(RunSample, RunSample.id == RunFeature.covered_by)
+                .join(RunCandidate, RunCandidate.id == RunSample.candidate_id)
+                .where(RunFeature.run_id == run.id, RunCandidate.role == "negative")
+            ) or 0
             return Summary(
                 run=_record(run), by_status=by_status, covered=self._covered(session, run.id), samples=int(accepted),
                 candidates=int(n_cand), verified=int(verified), accepted=int(accepted),
+                covered_by_negatives=int(by_negatives),
             )
+
+    def reasons(self, run_id: int) -> dict[str, dict[str, int]]:
+        """Verified candidates per role and reason code (``{"positive": {"joined": 3, ...}}``)."""
+        query = (
+            select(RunCandidate.role, RunCandidate.reason_code, func.count())
+            .where(RunCandidate.run_id == run_id, RunCandidate.verdict.is_not(None))
+            .group_by(RunCandidate.role, RunCandidate.reason_code)
+        )
+        out: dict[str, dict[str, int]] = {}
+        with self.store._tx() as session:
+            for role, code, n in session.execute(query):
+                out.setdefault(role, {})[code or "unknown"] = int(n)
+        return out
 
     # ------------------------------------------------------------------ directives
 

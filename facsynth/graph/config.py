@@ -68,6 +68,16 @@ class RunConfig(BaseModel):
     near_duplicate_cosine: float = Field(0.95, gt=0.0, le=1.0)
     """A candidate whose SAE feature vector has at least this cosine with an accepted or seed
     sample is a near duplicate and is rejected."""
+    quality: bool = True
+    """Reject candidates that are no usable sample of the task whatever they fire: not fluent,
+    off the anchor's topic, not a request (thresholds calibrated on the anchor, see
+    :mod:`facsynth.tools.quality`). Off: only the text checks apply."""
+    quality_pass: float = Field(0.95, ge=0.5, le=1.0)
+    """Share of the anchor each model check lets through: the calibration quantile."""
+    quality_judge: bool = False
+    """Also ask the generator's LLM whether each candidate the checks accept is a usable sample
+    (Yes/No with a reason); a reply that does not parse leaves the decision to the checks.
+    Judge calls are LLM calls of the run (they count against the call budget)."""
     review: bool = False
     """Stop before accepting each batch until the user approves, denies or edits its candidates."""
     model: str | None = None

@@ -25,6 +25,7 @@ from facsynth.graph.config import RunConfig
 from facsynth.tools.activations import SampleFeatures
 from facsynth.tools.datasets import Sample, sample_from_row
 from facsynth.tools.measure import Reader
+from facsynth.tools.quality import Calibration, TopicIndex
 from facsynth.tools.verifier import DuplicateIndex, Verifier, span_text, text_hash
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,11 @@ class Resources:
     """Wall time the run spent in earlier sessions."""
     started: float = field(default_factory=time.monotonic)
     """When this session began (wall-time budget and progress)."""
+    calibration: Calibration | None = None
+    """The quality thresholds calibrated when the run was created (None: model checks off)."""
     _spans: dict[int, list[tuple[str, float]]] = field(default_factory=dict)
     _dups: DuplicateIndex | None = None
+    _topic: TopicIndex | None = None
 
     @property
     def runs(self) -> Runs:
@@ -96,6 +100,27 @@ class Resources:
         self._spans[feature] = [(text, act) for text, act in spans if text]
         return self._spans[feature]
 
+    def quality(self) -> tuple[Calibration | None, TopicIndex | None]:
+        """The run's calibrated thresholds and the topic index of its calibration corpus (the
+        anchor's stored pooled states, or the seed's), or (None, None) when the checks are off."""
+        cal = self.calibration
+        if cal is None or not self.cfg.quality:
+            return None, None
+        if self._topic is None:
+            if cal.corpus == "anchor":
+                pooled = [sf.pooled for _, sf in self.anchor if sf.pooled is not None]
+            else:
+                seed_id = self.run.config.get("setup", {}).get("seed_dataset_id")
+                rows = self.store.dataset_samples(int(seed_id)) if seed_id is not None else []
+                feats = self.store.stored_features(self.run.reader_id, [h for h, _ in rows])
+                pooled = [feats[h].pooled for h, _ in rows if h in feats and feats[h].pooled is not None]
+            if len(pooled) < 2:
+                log.warning("run %s: no pooled states to read topics against; the model checks are off", self.run.name)
+                self.calibration = None
+                return None, None
+            self._topic = TopicIndex(np.stack(pooled), k=cal.k)
+        return cal, self._topic
+
     def duplicates(self) -> DuplicateIndex:
         """Seed samples and the run's accepted samples, for the duplicate checks."""
         if self._dups is None:
@@ -132,6 +157,7 @@ def open_resources(
         store=store, run=run, cfg=cfg, reader=reader, llm=llm, task=task,
         delta=float(setup["delta"]), threshold=float(setup["threshold"]),
         anchor_dataset_id=setup.get("anchor_dataset_id"), base_elapsed_s=run.elapsed_s,
+        calibration=Calibration.model_validate(setup["quality"]) if setup.get("quality") else None,
     )
     if res.anchor_dataset_id is not None:
         rows = store.dataset_samples(int(res.anchor_dataset_id))

@@ -28,6 +28,7 @@ from facsynth.graph.context import Resources, RunContext, resources
 from facsynth.graph.prompts import GenerationRequest, Shown, render, reply_examples, reply_model
 from facsynth.graph.state import SynthState
 from facsynth.tools.datasets import Sample
+from facsynth.tools.quality import ADVICE
 from facsynth.tools.verifier import span_text, text_hash
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def build_request(res: Resources, cfg: RunConfig, feature: int, attempt: int, st
     req = GenerationRequest(
         feature=feature, step=step, strategy=cfg.strategy, task=res.task, explanation=res.explanation(feature),
         spans=spans, threshold=res.threshold, style=list(style),
+        request=res.calibration is not None and cfg.quality and res.calibration.request_check,
     )
     if step == 2:
         usable = [c for c in history if not (c.reason or "").startswith("quality:")]  # no echo or stub as an example
@@ -85,7 +87,8 @@ def build_request(res: Resources, cfg: RunConfig, feature: int, attempt: int, st
 
 
 def feedback(history: list[Candidate], attempt: int, threshold: float) -> list[str]:
-    """What the verifier said about ``attempt``, for the next prompt."""
+    """What the verifier said about ``attempt``, for the next prompt: every rejection's reason
+    (a failed quality check with what to change, :data:`facsynth.tools.quality.ADVICE`)."""
     last = [c for c in history if c.attempt == attempt]
     if not last:
         return ["your last reply could not be read as the requested JSON; follow the format exactly"]
@@ -94,7 +97,10 @@ def feedback(history: list[Candidate], attempt: int, threshold: float) -> list[s
         act = float(c.target_act or 0.0)
         where = f"; it fired most at: {span_text(c.span)}" if c.span else ""
         if c.verdict == "rejected" and (c.reason or "").startswith("quality:"):
-            lines.append(f"the {c.role} was not a usable sample ({c.reason.removeprefix('quality: ')}): write a full, natural one")
+            advice = ADVICE.get(c.code or "", "write a full, natural one")
+            lines.append(f"the {c.role} was not a usable sample ({c.reason.removeprefix('quality: ')}): {advice}")
+        elif c.code == "denied_in_review":
+            lines.append(f"the user rejected the {c.role} in review: write a different one")
         elif c.role == "negative":
             if c.verdict == "rejected":
                 lines.append(f"the negative fired the feature too ({act:.1f} > {threshold:.1f}){where}: leave that out of it")

@@ -25,6 +25,11 @@ GENERATOR_SYSTEM = (
 
 
 MAX_CHARS = 1500
+REQUEST_RULE = (
+    "Each sample is only what a user sends to an AI assistant: a clear question, or an instruction such as "
+    "'Explain ...', 'Write ...', 'How do I ...?', in plain, fluent English. Never a statement, a response, "
+    "a list of codes or symbols, or words about these instructions."
+)
 
 
 def _clean(value: str) -> str:
@@ -103,6 +108,8 @@ class GenerationRequest:
     weak: Shown | None = None
     feedback: list[str] = field(default_factory=list)
     style: list[str] = field(default_factory=list)
+    request: bool = False
+    """The run's quality rule asks for requests (its anchor is made of them): the prompt says so."""
 
 
 def _feature_block(req: GenerationRequest) -> list[str]:
@@ -137,6 +144,8 @@ def render(req: GenerationRequest) -> list[tuple[str, str]]:
     fmt = task_sample_format(req.task)
     labels = task_labels(req.task)
     lines = [f"Task: {req.task.definition}", f"Sample format: {fmt}"]
+    if req.request:
+        lines.append(REQUEST_RULE)
     if labels:
         lines.append(f"Label each sample with one of: {', '.join(labels)}.")
     lines.append("")

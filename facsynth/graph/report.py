@@ -1,4 +1,9 @@
-"""A run's coverage report: FAC before and after, per-feature outcomes, FAC against calls."""
+"""A run's coverage report: FAC before and after, per-feature outcomes, FAC against calls.
+
+Beside FAC it shows what the coverage is made of: the features covered by negatives apart,
+the verdicts by reason code (:data:`facsynth.tools.quality.REASONS`), and the quality of
+what joined (share passing each check) next to the same figures for the anchor and seed.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from pydantic import BaseModel
 
 from facsynth.db.runs import Runs
 from facsynth.db.store import Store
+from facsynth.tools.quality import Calibration, Signals, pass_rates
 
 
 class FeatureOutcome(BaseModel):
@@ -19,6 +25,18 @@ class FeatureOutcome(BaseModel):
     best_act: float | None
     covered_by: int | None
     reason: str | None
+
+
+class QualityFigures(BaseModel):
+    """The run's quality thresholds and the share passing each check (``fluent``, ``on_topic``,
+    ``request``, ``all``) for the anchor, the seed and the samples that joined."""
+
+    thresholds: dict[str, float | bool | int | str]
+    anchor: dict[str, float]
+    seed: dict[str, float]
+    joined: dict[str, float]
+    judged: dict[str, int]
+    """LLM judge outcomes on the run's candidates (``Yes``, ``No``, ``failed``); empty when off."""
 
 
 class CoverageReport(BaseModel):
@@ -32,10 +50,16 @@ class CoverageReport(BaseModel):
     fac_before: float
     fac_after: float
     covered_by_run: int
+    covered_by_negatives: int
+    """Of ``covered_by_run``, features whose covering sample is a negative."""
     by_status: dict[str, int]
     samples: int
+    samples_by_role: dict[str, int]
     candidates: int
     acceptance_rate: float | None
+    by_reason: dict[str, dict[str, int]]
+    """Verified candidates per reason code, then per role (``{"not_a_request": {"positive": 4}}``)."""
+    quality: QualityFigures | None
     llm_calls: int
     tokens: int
     elapsed_s: float
@@ -49,11 +73,20 @@ def coverage_report(store: Store, run_name: str) -> CoverageReport:
     s = runs.summary(run_name)
     points = runs.progress(s.run.id)
     last = points[-1] if points else None
+    samples = runs.samples(s.run.id)
+    by_role: dict[str, int] = {}
+    for smp in samples:
+        by_role[smp.candidate.role] = by_role.get(smp.candidate.role, 0) + 1
+    by_reason: dict[str, dict[str, int]] = {}
+    for role, codes in runs.reasons(s.run.id).items():
+        for code, n in codes.items():
+            by_reason.setdefault(code, {})[role] = n
     return CoverageReport(
         run=s.run.name, task=s.run.task, strategy=s.run.strategy, status=s.run.status, stop_reason=s.run.stop_reason,
         feature_set=s.run.feature_set, n_relevant=s.run.n_relevant, fac_before=s.fac_before, fac_after=s.fac,
-        covered_by_run=s.covered, by_status=s.by_status, samples=s.samples, candidates=s.candidates,
-        acceptance_rate=s.acceptance_rate, llm_calls=last.llm_calls if last else 0, tokens=last.tokens if last else 0,
+        covered_by_run=s.covered, covered_by_negatives=s.covered_by_negatives, by_status=s.by_status,
+        samples=s.samples, samples_by_role=by_role, candidates=s.candidates, acceptance_rate=s.acceptance_rate,
+        by_reason=dict(sorted(by_reason.items())), quality=_quality(runs, s.run.id, s.run.config, samples), llm_calls=last.llm_calls if last else 0, tokens=last.tokens if last else 0,
         elapsed_s=s.run.elapsed_s, curve=[(p.llm_calls, p.fac) for p in points],
         features=[
             FeatureOutcome(feature=f.feature, status=f.status, attempts=f.attempts, best_act=f.best_act,
@@ -61,6 +94,22 @@ def coverage_report(store: Store, run_name: str) -> CoverageReport:
             for f in runs.features(s.run.id)
         ],
     )
+
+
+def _quality(runs: Runs, run_id: int, config: dict, samples: list) -> QualityFigures | None:
+    raw = config.get("setup", {}).get("quality")
+    if not raw:
+        return None
+    cal = Calibration.model_validate(raw)
+    read = [smp.candidate.checks for smp in samples if smp.candidate.checks and "loss" in smp.candidate.checks]
+    signals = [Signals(float(c["loss"]), float(c["distance"]), bool(c["request"]), float(c.get("words", 1.0))) for c in read]
+    judged: dict[str, int] = {}
+    for c in runs.candidates(run_id):
+        if c.checks and "judge" in c.checks:
+            judged[c.checks["judge"]] = judged.get(c.checks["judge"], 0) + 1
+    thresholds = cal.model_dump(exclude={"anchor", "seed"})
+    return QualityFigures(thresholds=thresholds, anchor=cal.anchor, seed=cal.seed, joined=pass_rates(signals, cal),
+                          judged=judged)
 
 
 def plot_curve(report: CoverageReport, out: str | Path, target: float | None = None) -> Path:

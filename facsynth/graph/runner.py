@@ -36,6 +36,7 @@ from facsynth.graph.context import RunContext, open_resources
 from facsynth.graph.graph import build_graph
 from facsynth.tools.datasets import Dataset, load_dataset
 from facsynth.tools.measure import Reader
+from facsynth.tools.quality import calibrate_on
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +128,13 @@ def prepare_run(cfg: RunConfig, name: str | None, store: Store, reader: Reader |
     if before_create is not None:
         before_create()
     seed_id = store.register_dataset(seed.name, seed.source, [(s.sample_hash, s.payload) for s in seed])
+    quality = calibrate_on(reader, anchor, seed, pass_rate=cfg.quality_pass) if cfg.quality else None
     payload = {
         "config": cfg.model_dump(mode="json"),
         "setup": {
             "delta": delta, "threshold": threshold, "seed_dataset_id": seed_id, "anchor_dataset_id": anchor_id,
             "seed_samples": len(seed), "anchor_samples": len(anchor) if anchor is not None else 0,
+            "quality": quality.model_dump(mode="json") if quality is not None else None,
         },
     }
     run = runs.create(

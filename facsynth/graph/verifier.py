@@ -1,7 +1,9 @@
 """The verifier node: reads every new candidate through the SAE and settles each attempt.
 
-A candidate with too few words, or one that only repeats the reply format, is rejected
-whatever it fires. A positive (or a paper-strategy sample) is accepted when the target's
+A candidate that is no usable sample of the task is rejected whatever it fires, positive
+or negative alike: the rule of :mod:`facsynth.tools.quality` (text checks; fluent, on the
+anchor's topic and a request, with thresholds calibrated on the anchor; then, when the run
+asks for it, an LLM judge's Yes/No). A positive (or a paper-strategy sample) is accepted when the target's
 activation exceeds the run's threshold and it is neither an exact nor a near duplicate of
 the seed or of an accepted sample; it becomes a sample of the run and covers every missing
 feature it fires (:meth:`facsynth.db.runs.Runs.settle`, one transaction). A negative is
@@ -18,11 +20,14 @@ approved, denied or edited each of those candidates from ``facsynth chat``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
+from facsynth.agent.llm import LLMClient, ReplyParseError
 from facsynth.db.runs import Candidate, Runs, Verdict
 from facsynth.graph import directives
 from facsynth.graph.budget import spent, stop_reason
@@ -30,49 +35,109 @@ from facsynth.graph.config import RunConfig
 from facsynth.graph.planner import retries_pay
 from facsynth.graph.context import Resources, RunContext, resources
 from facsynth.graph.state import SynthState
+from facsynth.graph.prompts import REPLY_ECHOES, task_sample_format
 from facsynth.tools.datasets import Sample
-from facsynth.graph.prompts import REPLY_ECHOES
-from facsynth.tools.verifier import Reading, quality_problem
+from facsynth.tools.quality import JudgeReply, Problem, judge_messages, model_problem, read_signals, text_problem
+from facsynth.tools.verifier import Reading
 
 log = logging.getLogger(__name__)
 
 
 def judge(
     c: Candidate, r: Reading, *, threshold: float, delta: float, adds: bool, duplicate: str | None,
-    problem: str | None = None, negative_min_new: int = 3,
+    problem: Problem | None = None, negative_min_new: int = 3, checks: dict[str, Any] | None = None,
 ) -> Verdict:
-    """The verdict on one candidate (pure). ``problem``: why it is no usable sample at all;
-    ``negative_min_new``: missing features an accepted negative must cover to join the data
-    (0: negatives never join)."""
+    """The verdict on one candidate (pure). ``problem``: why it is no usable sample at all
+    (text, model or LLM-judge check, :mod:`facsynth.tools.quality`), for positives and
+    negatives alike; ``negative_min_new``: missing features an accepted negative must cover
+    to join the data (0: negatives never join); ``checks``: the signals, stored with it."""
     act = r.target_act
     common = {
         "candidate_id": c.id, "target_act": act, "span": r.span, "feature_ids": r.features.feature_ids,
-        "max_acts": r.features.max_acts, "fires": [int(f) for f in r.fires(delta)],
+        "max_acts": r.features.max_acts, "fires": [int(f) for f in r.fires(delta)], "checks": checks,
     }
     if problem is not None:
-        return Verdict(**common, verdict="rejected", reason=f"quality: {problem}")
+        return Verdict(**common, verdict="rejected", reason=f"quality: {problem.message}", code=problem.code)
     if c.role == "negative":
         if act > threshold:
-            return Verdict(**common, verdict="rejected", reason=f"negative fires the target: {act:.2f} > {threshold:g}")
+            return Verdict(**common, verdict="rejected", reason=f"negative fires the target: {act:.2f} > {threshold:g}",
+                           code="fires_target")
+        joins = adds and duplicate is None and negative_min_new > 0
         return Verdict(**common, verdict="accepted", reason=f"negative stays below: {act:.2f} <= {threshold:g}",
-                       accept=adds and duplicate is None and negative_min_new > 0, min_new=max(negative_min_new, 1))
+                       accept=joins, min_new=max(negative_min_new, 1), code="joined" if joins else "example")
     if act <= threshold:
-        return Verdict(**common, verdict="rejected", reason=f"target reached {act:.2f}, needs > {threshold:g}")
+        return Verdict(**common, verdict="rejected", reason=f"target reached {act:.2f}, needs > {threshold:g}",
+                       code="target_not_fired")
     if duplicate is not None:
-        return Verdict(**common, verdict="duplicate", reason=duplicate)
-    return Verdict(**common, verdict="accepted", reason=f"target fires: {act:.2f} > {threshold:g}", accept=adds)
+        return Verdict(**common, verdict="duplicate", reason=duplicate, code="duplicate")
+    return Verdict(**common, verdict="accepted", reason=f"target fires: {act:.2f} > {threshold:g}", accept=adds,
+                   code="joined" if adds else "example")
 
 
-def _judge_all(res: Resources, cfg: RunConfig, pairs: list[tuple[Candidate, Reading]]) -> list[Verdict]:
+def judge_problem(reply: JudgeReply | None) -> Problem | None:
+    """The LLM judge's No as a :class:`Problem` (pure); a Yes, or no usable reply, is none."""
+    if reply is None or reply.verdict == "Yes":
+        return None
+    return Problem("judge_no", f"the LLM judge said No: {reply.reason}")
+
+
+def _judge_all(res: Resources, cfg: RunConfig, pairs: list[tuple[Candidate, Reading]], run_name: str) -> list[Verdict]:
+    """Verdicts on one batch: text checks, then the model checks (one forward for the batch),
+    duplicates and the target; the LLM judge (``quality_judge``) last, on those still accepted."""
     dups = res.duplicates()
-    verdicts = []
-    for c, r in pairs:
-        problem = quality_problem(Sample(**c.payload), min_words=cfg.min_words, echoes=REPLY_ECHOES)
-        dup = dups.check(c.text_hash, r.features) if problem is None else None
-        adds = cfg.strategy == "agent" or c.step == 2
-        verdicts.append(judge(c, r, threshold=res.threshold, delta=res.delta, adds=adds, duplicate=dup, problem=problem,
-                              negative_min_new=cfg.negative_min_new))
+    samples = [Sample(**c.payload) for c, _ in pairs]
+    problems: list[Problem | None] = [text_problem(s, min_words=cfg.min_words, echoes=REPLY_ECHOES) for s in samples]
+    checks: list[dict[str, Any] | None] = [None] * len(pairs)
+    cal, index = res.quality()
+    todo = [i for i, p in enumerate(problems) if p is None]
+    if cal is not None and index is not None and todo:
+        signals = read_signals(res.reader.encoder, [samples[i] for i in todo],
+                               [pairs[i][1].features.pooled for i in todo], index)
+        for i, sig in zip(todo, signals):
+            checks[i] = sig.as_dict()
+            problems[i] = model_problem(sig, cal)
+    adds = [cfg.strategy == "agent" or c.step == 2 for c, _ in pairs]
+    dup = [dups.check(c.text_hash, r.features) if p is None else None for (c, r), p in zip(pairs, problems)]
+
+    def decide() -> list[Verdict]:
+        return [
+            judge(c, r, threshold=res.threshold, delta=res.delta, adds=a, duplicate=d, problem=p,
+                  negative_min_new=cfg.negative_min_new, checks=k)
+            for (c, r), a, d, p, k in zip(pairs, adds, dup, problems, checks)
+        ]
+
+    verdicts = decide()
+    asked = [i for i, v in enumerate(verdicts) if v.verdict == "accepted"]
+    if cfg.quality_judge and res.llm is not None and asked:
+        replies = asyncio.run(_ask_judge(res, [samples[i] for i in asked], run_name))
+        for i, reply in zip(asked, replies):
+            checks[i] = dict(checks[i] or {})
+            checks[i]["judge"] = "failed" if reply is None else reply.verdict
+            if reply is not None:
+                checks[i]["judge_reason"] = reply.reason
+            problems[i] = judge_problem(reply)  # a reply that did not parse: the cheap signals decide
+        verdicts = decide()
     return verdicts
+
+
+async def _ask_judge(res: Resources, samples: list[Sample], run_name: str) -> list[JudgeReply | None]:
+    """The LLM judge on each sample (recorded by the client as ``verify.judge``); None where
+    the reply did not parse even after the repair request (recorded as ``parse_error``)."""
+    llm: LLMClient = res.llm  # type: ignore[assignment]
+    fmt = task_sample_format(res.task)
+
+    async def one(sample: Sample) -> JudgeReply | None:
+        try:
+            return await llm.ainvoke(judge_messages(sample.plain_text, definition=res.task.definition, sample_format=fmt),
+                                     purpose="verify.judge", schema=JudgeReply, run_id=run_name)
+        except ReplyParseError as exc:
+            log.info("quality judge reply did not parse: %s", exc)
+            return None
+
+    try:
+        return list(await asyncio.gather(*(one(s) for s in samples)))
+    finally:
+        await llm.aclose()
 
 
 def _settle_feature(
@@ -114,7 +179,7 @@ def _review(runs: Runs, run_id: int, run_name: str, plans: list[tuple[int, int, 
     for *_, verdicts in plans:
         for v in verdicts:
             if v.accept and decided.get(v.candidate_id) == "deny":
-                v.verdict, v.reason, v.accept = "rejected", "rejected in review", False
+                v.verdict, v.reason, v.accept, v.code = "rejected", "rejected in review", False, "denied_in_review"
 
 
 def verifier(state: SynthState, runtime: Runtime[RunContext]) -> SynthState:
@@ -137,7 +202,7 @@ def verifier(state: SynthState, runtime: Runtime[RunContext]) -> SynthState:
         fs = runs.feature(run.id, feature)
         if fs is not None and (cands or (fs.status == "in_progress" and _no_reply(runs, run.id, feature, attempt))):
             pairs = [(c, by_id[c.id]) for c in cands]
-            plans.append((feature, attempt, pairs, _judge_all(res, cfg, pairs)))
+            plans.append((feature, attempt, pairs, _judge_all(res, cfg, pairs, run.name)))
     if cfg.review:
         _review(runs, run.id, run.name, plans)
     for feature, attempt, pairs, verdicts in plans:

@@ -5,14 +5,13 @@ feature it returns, per candidate, the activation the target reached (max over c
 tokens, as FAC reads it), the span of tokens ending at the target's peak, and every
 feature the candidate fires above the measuring delta. :class:`DuplicateIndex` rejects
 exact copies (a hash of the normalized text) and near copies (cosine of the sparse SAE
-feature vectors at or above a cut): coverage is not bought with copies.
+feature vectors at or above a cut): coverage is not bought with copies. Whether a
+candidate is a usable sample at all is the rule of :mod:`facsynth.tools.quality`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -21,16 +20,7 @@ import numpy as np
 from facsynth.tools.activations import SampleFeatures
 from facsynth.tools.datasets import Sample
 from facsynth.tools.encoder import FeatureEncoder
-
-_PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
-_SPACE = re.compile(r"\s+")
-_WORD = re.compile(r"\w+", re.UNICODE)
-
-
-def normalize_text(text: str) -> str:
-    """Case-folded, NFKC, punctuation dropped, whitespace collapsed."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return _SPACE.sub(" ", _PUNCT.sub(" ", text)).strip()
+from facsynth.tools.quality import normalize_text, text_problem
 
 
 def text_hash(sample: Sample) -> str:
@@ -42,46 +32,11 @@ def text_hash(sample: Sample) -> str:
     return hashlib.sha256(norm.encode("utf-8")).hexdigest()
 
 
-META = re.compile(
-    r"\b(marked (?:words?|phrases?)|snippets?|(?:this|the|a|new|another|similar|same) (?:sample|example)s?|"
-    r"without them|contains? them|same style|reply format)\b",
-    re.IGNORECASE,
-)
-"""Words of the generator's instructions: a candidate that uses them talks about the task
-instead of being a sample (a small generator writes "A new sample without the marked words")."""
-
-
-PLACEHOLDER = re.compile(
-    r"[{\[<]\s*(?:placeholder|(?:your|insert|enter|add|put)\s+\w[^{}\[\]<>\n]{0,40})\s*[}\]>]",
-    re.IGNORECASE,
-)
-"""A slot left to fill ("{your suggested replacement}", "[Insert company name]"): a template,
-not a sample. Code such as ``f"{name}"`` or ``{your_var}``, and a key such as "[Enter]", do
-not match."""
-
-
 def quality_problem(sample: Sample, *, min_words: int, echoes: Iterable[str] = ()) -> str | None:
-    """Why a candidate is not a usable sample whatever it fires (None when it is).
-
-    Too few words, a text that only repeats a reply key or schema name (a small generator
-    writes ``ContrastivePair`` where a sample belongs), or one that talks about the
-    instructions (:data:`META`), or one that leaves a slot to fill (:data:`PLACEHOLDER`).
-    """
-    text = sample.plain_text
-    words = len(_WORD.findall(text))
-    if words < min_words:
-        return f"too short: {words} word(s), needs at least {min_words}"
-    norm = normalize_text(text.replace("_", " "))
-    for echo in echoes:
-        if norm == normalize_text(echo.replace("_", " ")):
-            return f"repeats the reply format ({echo!r}) instead of writing a sample"
-    meta = META.search(text)
-    if meta:
-        return f"talks about the instructions ({meta.group(0)!r}) instead of being a sample"
-    slot = PLACEHOLDER.search(text)
-    if slot:
-        return f"leaves a placeholder ({slot.group(0)!r}) instead of writing it out"
-    return None
+    """Why a candidate fails the text checks (None when it passes them): the message of
+    :func:`facsynth.tools.quality.text_problem`, where the whole rule lives."""
+    problem = text_problem(sample, min_words=min_words, echoes=echoes)
+    return None if problem is None else problem.message
 
 
 @dataclass

@@ -126,6 +126,7 @@ def test_in_memory_schema_has_every_table_and_column() -> None:
             "id", "run_id", "feature_id", "attempt", "step", "idx", "role", "payload", "label", "text_hash",
             "prompt_hash", "model", "target_act", "span", "feature_ids", "max_acts", "verdict", "reason", "proposed",
             "review", "created_at",
+            "reason_code", "checks",  # m004_verdict_reasons
         },
         "run_samples": {
             "id", "run_id", "candidate_id", "feature_id", "text_hash", "activation", "covered", "withdrawn_at",

@@ -116,3 +116,43 @@ def test_directives_fold_in_order_into_focus_exclude_style_target_budget_and_pau
 def test_config_rejects_a_threshold_below_delta() -> None:
     with pytest.raises(ValueError, match="threshold"):
         cfg(delta=5.0, threshold=2.0)
+
+
+def test_positives_and_negatives_obey_the_same_quality_rule_and_keep_its_reason_code() -> None:
+    from facsynth.graph.verifier import judge_problem
+    from facsynth.tools.quality import JudgeReply, Problem
+
+    junk = Problem("not_a_request", "not a request a user would send an assistant")
+    for role, act in (("positive", 30.0), ("negative", 3.0)):  # each would pass on its activation alone
+        v = judge(cand(role), reading(act, [1, 8, 9]), threshold=12.0, delta=12.0, adds=True, duplicate=None,
+                  problem=junk, checks={"loss": 2.0})
+        assert (v.verdict, v.accept, v.code, v.checks) == ("rejected", False, "not_a_request", {"loss": 2.0})
+        assert v.reason == "quality: not a request a user would send an assistant"
+    codes = [judge(cand(r), reading(a, [1]), threshold=12.0, delta=12.0, adds=adds, duplicate=d).code
+             for r, a, adds, d in (("positive", 13.0, True, None), ("positive", 13.0, False, None),
+                                   ("positive", 5.0, True, None), ("positive", 13.0, True, "exact duplicate"),
+                                   ("negative", 13.0, True, None), ("negative", 3.0, True, None))]
+    assert codes == ["joined", "example", "target_not_fired", "duplicate", "fires_target", "joined"]
+    assert judge_problem(JudgeReply(reason="fine", verdict="Yes")) is None and judge_problem(None) is None
+    no = judge_problem(JudgeReply(reason="a list of chords", verdict="No"))
+    assert (no.code, no.message) == ("judge_no", "the LLM judge said No: a list of chords")
+
+
+def test_every_rejection_reason_goes_back_to_the_generator_with_what_to_change() -> None:
+    from facsynth.graph.generator import feedback
+    from facsynth.tools.quality import ADVICE
+
+    def seen(role: str, code: str, reason: str, verdict: str = "rejected") -> Candidate:
+        c = cand(role)
+        c.verdict, c.reason, c.code, c.target_act = verdict, reason, code, 2.0
+        return c
+
+    lines = feedback([
+        seen("positive", "not_fluent", "quality: not fluent: 10% of it is words, the anchor's range starts at 79%"),
+        seen("negative", "not_a_request", "quality: not a request a user would send an assistant"),
+    ], 1, 12.0)
+    assert lines == [
+        "the positive was not a usable sample (not fluent: 10% of it is words, the anchor's range starts at 79%): "
+        + ADVICE["not_fluent"],
+        "the negative was not a usable sample (not a request a user would send an assistant): " + ADVICE["not_a_request"],
+    ]

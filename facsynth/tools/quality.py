@@ -1,0 +1,472 @@
+"""Whether a candidate is a usable sample of the task, whatever SAE features it fires.
+
+A candidate that fires many features is not data by that alone: a chord chart, a version
+string or a remark about the instructions fires dozens. The rule, applied to positives and
+negatives alike:
+
+* **text** (no model): enough words, not an echo of the reply format, no talk about the
+  instructions (:data:`META`) nor their markup copied (:data:`PROMPT_MARKUP`), no slot left to
+  fill (:data:`PLACEHOLDER`);
+* **fluent**: the subject model's mean per-token loss (negative log-likelihood of the
+  content tokens, a full forward to the logits) is at most ``max_loss``, and the share of
+  its whitespace-separated pieces that are words (letters, with punctuation around them) is
+  at least ``min_words`` (SmolLM2 predicts a chord chart such as "EbMaj7|C9|Gb5|..." about
+  as well as a terse human prompt, so the loss alone lets it through);
+* **on topic**: the cosine distance of its mean-pooled hidden state (the SAE layer, as the
+  encoder pools it) to its ``k`` nearest anchor samples, after centring on the anchor's
+  mean, is at most ``max_distance``;
+* **a request** (when the anchor is made of requests): it asks something, as a user asks
+  an assistant (:func:`is_request`: a question mark, a request verb first, or a request
+  phrase such as "can you" or "help me").
+
+The thresholds are calibrated on the anchor itself (the seed when the run has no anchor),
+the distance read leave-one-out: each is the anchor's ``q`` quantile (``1 - q`` for the word
+share), with the smallest ``q >= pass_rate`` at which ``pass_rate`` (0.95) of the anchor
+passes every check together. :func:`calibrate` runs once per run; the numbers are stored in the
+run's setup, so a resumed run judges with the same ones, and reported beside FAC with the
+share of the anchor and the seed that passes each check.
+
+Every outcome has a short code from the fixed vocabulary :data:`REASONS`, stored with the
+candidate's verdict; :data:`ADVICE` is what the generator is told after a rejection.
+An optional LLM judge (:class:`JudgeReply`, Yes/No with a reason) is asked last.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field, field_validator
+
+from facsynth.tools.datasets import Sample
+
+if TYPE_CHECKING:
+    from facsynth.tools.datasets import Dataset
+    from facsynth.tools.encoder import FeatureEncoder
+    from facsynth.tools.measure import Reader
+
+REASONS: dict[str, str] = {
+    "joined": "joined the data",
+    "example": "valid, kept as an example only (a negative adding too few features, a paper step-1 sample)",
+    "too_short": "too short",
+    "echoes_format": "repeats the reply format",
+    "about_instructions": "talks about the instructions",
+    "placeholder": "leaves a placeholder",
+    "not_fluent": "not fluent (model loss above the anchor's range)",
+    "off_topic": "off topic (hidden state far from the anchor)",
+    "not_a_request": "not a request a user would send an assistant",
+    "judge_no": "the LLM judge said No",
+    "duplicate": "duplicate of the seed or an accepted sample",
+    "target_not_fired": "positive did not fire its target",
+    "fires_target": "negative fired its target",
+    "denied_in_review": "denied in review",
+}
+"""Every verdict's reason code, with what a report shows for it. The vocabulary is fixed."""
+
+QUALITY_CODES = frozenset(
+    {"too_short", "echoes_format", "about_instructions", "placeholder", "not_fluent", "off_topic", "not_a_request", "judge_no"}
+)
+"""Codes of a candidate that is no usable sample, whatever it fires."""
+
+ADVICE: dict[str, str] = {
+    "too_short": "write a full, natural one",
+    "echoes_format": "write a full, natural one",
+    "about_instructions": "write the sample itself, not words about the task",
+    "placeholder": "write every detail out, leave no slot to fill",
+    "not_fluent": "write plain, fluent English sentences, no lists of codes, symbols or version numbers",
+    "off_topic": "stay with everyday requests like the snippets' sources",
+    "not_a_request": "write it as a question or an instruction a user sends an assistant ('How do I ...?', 'Write ...')",
+    "judge_no": "write a natural request a user would send an assistant",
+}
+"""What the generator is told after a rejection of each quality code."""
+
+CHECKS = ("fluent", "on_topic", "request")
+"""The model checks, in the order they are applied (after the text checks)."""
+REQUEST_MIN = 0.8
+"""The request check applies when at least this share of the calibration corpus passes it."""
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+_LETTERS = re.compile(r"[^\w]*[^\W\d_]+(?:['’-][^\W\d_]+)*[^\w]*", re.UNICODE)
+_SENTENCE = re.compile(r"(?:^|[.!:;\n]\s+)(?=\S)")
+_PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
+_SPACE = re.compile(r"\s+")
+
+META = re.compile(
+    r"\b(marked (?:words?|phrases?)|snippets?|(?:this|the|a|new|another|similar|same) (?:sample|example)s?|"
+    r"without them|contains? them|same style|reply format|(?:the )?instructions? above|above instructions?|"
+    r"my (?:next|previous|last) (?:response|reply|answer)|this formatting)\b",
+    re.IGNORECASE,
+)
+"""Words of the generator's instructions: a candidate that uses them talks about the task
+instead of being a sample (a small generator writes "A new sample without the marked words")."""
+
+PLACEHOLDER = re.compile(
+    r"[{\[<]\s*(?:placeholder|(?:your|insert|enter|add|put)\s+\w[^{}\[\]<>\n]{0,40})\s*[}\]>]",
+    re.IGNORECASE,
+)
+"""A slot left to fill ("{your suggested replacement}", "[Insert company name]"): a template,
+not a sample. Code such as ``f"{name}"`` or ``{your_var}``, and a key such as "[Enter]", do
+not match."""
+
+PROMPT_MARKUP = re.compile(r"<<|>>|\{\s*\d+(?:\.\d+)?\s*\}")
+"""Markup of the generator's prompt copied into a candidate: the ``<<peak>>`` marks of a
+snippet, or an activation score in braces ("{1.25} How much sleep ... {3.75}")."""
+
+_REQUEST_FIRST = re.compile(
+    r"\W*(?:(?:hi|hello|hey|ok|okay|so|now|also|quick question)\W+)?(?:please\W+)?"
+    r"(?:(?:what|how|why|when|where|which|who|whom|whose)\s+(?:is|are|was|were|do|does|did|can|could|would|will|"
+    r"should|shall|may|might|must|has|have|had|to|much|many|long|often|far|old|big|kind|type|sort|if|about|early|"
+    r"late|soon|exactly|well)|who\s+\w+|"
+    r"what's|how's|who's|where's|why's|is|are|can|could|would|will|should|shall|do|does|did|"
+    r"explain|write|describe|list|give|tell|show|help|create|make|plan|suggest|recommend|compare|summarize|summarise|"
+    r"translate|draft|generate|design|outline|find|calculate|compute|solve|convert|rewrite|edit|fix|correct|pretend|"
+    r"imagine|act|suppose|assume|teach|name|define|provide|share|brainstorm|compose|prepare|analyze|analyse|classify|"
+    r"identify|evaluate|estimate|predict|review|check|propose|build|implement|rank|sort|walk|break|turn|use|debug|"
+    r"balance|return|refactor|optimize|optimise|simplify|shorten|expand|paraphrase|proofread|format|organize|organise|schedule|"
+    r"recommend|advise|critique|rate|choose|pick|decide|argue|defend|sketch|illustrate|convince|persuade|remind|"
+    r"i\s+need|i\s+want|i'd\s+like|i\s+would\s+like|i'm\s+looking\s+for|i\s+am\s+looking\s+for|"
+    r"prove|critique|derive|show\s+that)\b",
+    re.IGNORECASE,
+)
+_REQUEST_ANY = re.compile(
+    r"\?|\b(?:can|could|would|will) you\b|\bplease\b|\bhelp me\b|\bi(?:'d| would) like (?:you|to know|to learn)\b|"
+    r"\bi want (?:you|to know|to learn|to understand)\b|\btell me\b|\bshow me\b|\bgive me\b|\bwalk me\b|"
+    r"\bhow (?:do|can|should|would) i\b|\bany (?:tips|ideas|advice|suggestions)\b",
+    re.IGNORECASE,
+)
+
+
+# --------------------------------------------------------------------------- text checks
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a candidate is no usable sample: a code of :data:`REASONS` and a one-line message."""
+
+    code: str
+    message: str
+
+
+def normalize_text(text: str) -> str:
+    """Case-folded, NFKC, punctuation dropped, whitespace collapsed."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return _SPACE.sub(" ", _PUNCT.sub(" ", text)).strip()
+
+
+def text_problem(sample: Sample, *, min_words: int, echoes: Iterable[str] = ()) -> Problem | None:
+    """The text checks (no model): too few words, a text that only repeats a reply key or
+    schema name (a small generator writes ``ContrastivePair`` where a sample belongs), one
+    that talks about the instructions (:data:`META`), one that leaves a slot to fill
+    (:data:`PLACEHOLDER`). None when it passes them."""
+    text = sample.plain_text
+    words = len(_WORD.findall(text))
+    if words < min_words:
+        return Problem("too_short", f"too short: {words} word(s), needs at least {min_words}")
+    norm = normalize_text(text.replace("_", " "))
+    for echo in echoes:
+        if norm == normalize_text(echo.replace("_", " ")):
+            return Problem("echoes_format", f"repeats the reply format ({echo!r}) instead of writing a sample")
+    meta = META.search(text)
+    if meta:
+        return Problem("about_instructions", f"talks about the instructions ({meta.group(0)!r}) instead of being a sample")
+    markup = PROMPT_MARKUP.search(text)
+    if markup:
+        return Problem("about_instructions", f"copies the prompt's markup ({markup.group(0)!r}) instead of writing a sample")
+    slot = PLACEHOLDER.search(text)
+    if slot:
+        return Problem("placeholder", f"leaves a placeholder ({slot.group(0)!r}) instead of writing it out")
+    return None
+
+
+def is_request(text: str) -> bool:
+    """A request or question a user would send an assistant (cheap signals): a question
+    mark, a sentence that starts with a request verb or a question ("how do", "what is"; not
+    "When we are faced with ..."), or a request phrase ("can you", "help me")."""
+    text = text.strip()
+    if _REQUEST_ANY.search(text):
+        return True
+    return any(_REQUEST_FIRST.match(text, m.end()) for m in _SENTENCE.finditer(text))
+
+
+def word_share(text: str) -> float:
+    """Share of the whitespace-separated pieces of ``text`` that are words (letters only,
+    with punctuation around them): low for chord charts, version strings and code dumps."""
+    pieces = text.split()
+    return sum(bool(_LETTERS.fullmatch(p)) for p in pieces) / len(pieces) if pieces else 0.0
+
+
+# --------------------------------------------------------------------------- model signals
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What the checks read of one sample."""
+
+    loss: float
+    """Mean negative log-likelihood of its content tokens under the subject model (nats/token)."""
+    distance: float
+    """Cosine distance of its pooled hidden state to its nearest anchor samples (centred)."""
+    request: bool
+    words: float = 1.0
+    """:func:`word_share` of its text."""
+
+    def as_dict(self) -> dict[str, float | bool]:
+        return {"loss": round(self.loss, 4), "words": round(self.words, 4), "distance": round(self.distance, 4),
+                "request": self.request}
+
+
+_LOSSES: weakref.WeakKeyDictionary[FeatureEncoder, dict[str, float]] = weakref.WeakKeyDictionary()
+"""Losses already computed, per encoder and sample hash (a run's anchor is read once per process)."""
+
+
+def content_losses(encoder: FeatureEncoder, samples: Sequence[Sample]) -> np.ndarray:
+    """Mean per-token loss of each sample's content tokens: a full forward to the logits.
+
+    Rendered and tokenized as the encoder reads it (chat template, content tokens only;
+    each content token is predicted from everything before it, the template included).
+    Only the content positions go through the LM head, so memory stays small.
+    """
+    known = _LOSSES.setdefault(encoder, {})
+    todo = list({s.sample_hash: s for s in samples if s.sample_hash not in known}.values())
+    if todo:
+        for s, loss in zip(todo, _forward_losses(encoder, todo)):
+            known[s.sample_hash] = float(loss)
+    return np.array([known[s.sample_hash] for s in samples], dtype=np.float64)
+
+
+def _forward_losses(encoder: FeatureEncoder, samples: Sequence[Sample]) -> np.ndarray:
+    import torch
+
+    toks = [encoder.tokenize(s) for s in samples]
+    model = encoder.subject.model
+    device = encoder.subject.device
+    base = getattr(model, model.base_model_prefix, model)
+    head = model.get_output_embeddings()
+    out = np.zeros(len(toks), dtype=np.float64)
+    with torch.inference_mode():
+        for idx in encoder.batches(toks):
+            batch = [toks[i] for i in idx]
+            width = max(len(t.input_ids) for t in batch)
+            ids = torch.full((len(batch), width), encoder._pad_id, dtype=torch.long)
+            attn = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, t in enumerate(batch):
+                ids[row, : len(t.input_ids)] = torch.tensor(t.input_ids)
+                attn[row, : len(t.input_ids)] = 1
+            hidden = base(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False).last_hidden_state
+            for row, (i, t) in enumerate(zip(idx, batch)):
+                pos = [p for p in range(1, len(t.input_ids)) if t.content[p]]  # a token predicted from the ones before
+                if not pos:
+                    out[i] = float("nan")
+                    continue
+                at = torch.tensor(pos, device=hidden.device)
+                logits = head(hidden[row, at - 1]).float()
+                nll = torch.nn.functional.cross_entropy(logits, ids[row, pos].to(hidden.device), reduction="mean")
+                out[i] = float(nll)
+    return out
+
+
+class TopicIndex:
+    """The anchor's pooled hidden states, centred on their mean and L2-normalized."""
+
+    def __init__(self, pooled: np.ndarray, k: int = 3) -> None:
+        pooled = np.asarray(pooled, dtype=np.float32)
+        if pooled.ndim != 2 or len(pooled) < 2:
+            raise ValueError("a topic index needs the pooled states of at least two samples")
+        self.mean = pooled.mean(axis=0)
+        self.rows = self._unit(pooled)
+        self.k = max(1, min(int(k), len(pooled) - 1))
+
+    def _unit(self, x: np.ndarray) -> np.ndarray:
+        x = np.atleast_2d(np.asarray(x, dtype=np.float32)) - self.mean
+        n = np.linalg.norm(x, axis=1, keepdims=True)
+        return x / np.where(n > 0, n, 1.0)
+
+    def distances(self, pooled: np.ndarray) -> np.ndarray:
+        """1 - mean cosine to the ``k`` nearest anchor samples, per row of ``pooled``."""
+        sims = self._unit(pooled) @ self.rows.T
+        top = -np.sort(-sims, axis=1)[:, : self.k]
+        return 1.0 - top.mean(axis=1)
+
+    def self_distances(self) -> np.ndarray:
+        """:meth:`distances` of the anchor's own samples, each left out of its neighbours."""
+        sims = self.rows @ self.rows.T
+        np.fill_diagonal(sims, -np.inf)
+        top = -np.sort(-sims, axis=1)[:, : self.k]
+        return 1.0 - top.mean(axis=1)
+
+
+def read_signals(
+    encoder: FeatureEncoder, samples: Sequence[Sample], pooled: Sequence[np.ndarray], index: TopicIndex,
+    *, distances: np.ndarray | None = None,
+) -> list[Signals]:
+    """The signals of ``samples`` (their ``pooled`` states as the encoder read them);
+    ``distances`` given (the anchor's leave-one-out ones) replace the index's."""
+    if not samples:
+        return []
+    losses = content_losses(encoder, samples)
+    dist = index.distances(np.stack(pooled)) if distances is None else distances
+    return [
+        Signals(float(loss), float(d), is_request(s.plain_text), word_share(s.plain_text))
+        for s, loss, d in zip(samples, losses, dist)
+    ]
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+class Calibration(BaseModel):
+    """The thresholds of a run, calibrated once on its anchor and stored in its setup."""
+
+    pass_rate: float = Field(gt=0.0, le=1.0)
+    """Share of the calibration corpus the model checks let through together."""
+    quantile: float
+    """The corpus quantile each threshold sits at (``>= pass_rate``)."""
+    max_loss: float
+    min_words: float
+    max_distance: float
+    k: int
+    request_check: bool
+    """On when the calibration corpus is made of requests (at least :data:`REQUEST_MIN` of it passes)."""
+    corpus: Literal["anchor", "seed"]
+    n: int
+    anchor: dict[str, float] = Field(default_factory=dict)
+    """Share of the anchor passing each check (and ``all``), the distance read leave-one-out."""
+    seed: dict[str, float] = Field(default_factory=dict)
+    """The same for the seed."""
+
+    @field_validator("max_loss", "min_words", "max_distance")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not np.isfinite(v):
+            raise ValueError("a calibrated threshold must be finite")
+        return float(v)
+
+
+
+def _thresholds(signals: Sequence[Signals], q: float) -> tuple[float, float, float]:
+    loss = np.array([s.loss for s in signals if np.isfinite(s.loss)])
+    words = np.array([s.words for s in signals])
+    dist = np.array([s.distance for s in signals])
+    return (round(float(np.quantile(loss, q)), 4), round(float(np.quantile(words, 1.0 - q)), 4),
+            round(float(np.quantile(dist, q)), 4))
+
+
+def calibrate(signals: Sequence[Signals], *, pass_rate: float, k: int, corpus: Literal["anchor", "seed"]) -> Calibration:
+    """Thresholds that ``pass_rate`` of ``signals`` (the calibration corpus) pass, every check
+    together (pure): the smallest quantile ``q >= pass_rate`` that lets that many through."""
+    if not signals:
+        raise ValueError("nothing to calibrate on")
+    requests = float(np.mean([s.request for s in signals]))
+    request_check = requests >= REQUEST_MIN
+    cal = None
+    for q in np.linspace(pass_rate, 1.0, 81):
+        max_loss, min_words, max_distance = _thresholds(signals, float(q))
+        cal = Calibration(
+            pass_rate=pass_rate, quantile=round(float(q), 4), max_loss=max_loss, min_words=min_words,
+            max_distance=max_distance, k=k, request_check=request_check, corpus=corpus, n=len(signals),
+        )
+        if np.mean([not failed_checks(s, cal) for s in signals]) >= pass_rate:
+            break
+    assert cal is not None
+    return cal
+
+
+TOPIC_K = 3
+"""Anchor neighbours a candidate's topic distance is read against."""
+
+
+def _pooled(reader: Reader, data: Dataset) -> tuple[list[Sample], list[np.ndarray]]:
+    samples, pooled = [], []
+    for s, (sf, _) in zip(data, reader.read(data)):
+        samples.append(s)
+        pooled.append(sf.pooled if sf.pooled is not None else reader.encoder.encode_one(s).pooled)
+    return samples, pooled
+
+
+def calibrate_on(reader: Reader, anchor: Dataset | None, seed: Dataset, *, pass_rate: float, k: int = TOPIC_K) -> Calibration:
+    """Calibrate the model checks on the anchor (the seed without one) and measure the share
+    of the anchor and the seed passing each, with the same reader the run verifies with."""
+    corpus, kind = (anchor, "anchor") if anchor is not None else (seed, "seed")
+    samples, pooled = _pooled(reader, corpus)
+    index = TopicIndex(np.stack(pooled), k=k)
+    own = read_signals(reader.encoder, samples, pooled, index, distances=index.self_distances())
+    cal = calibrate(own, pass_rate=pass_rate, k=index.k, corpus=kind)  # type: ignore[arg-type]
+    if anchor is not None:
+        cal.anchor = pass_rates(own, cal)
+        seed_samples, seed_pooled = _pooled(reader, seed)
+        cal.seed = pass_rates(read_signals(reader.encoder, seed_samples, seed_pooled, index), cal)
+    else:
+        cal.seed = pass_rates(own, cal)
+    return cal
+
+
+def failed_checks(s: Signals, cal: Calibration) -> list[str]:
+    """The model checks ``s`` fails, in :data:`CHECKS` order (pure)."""
+    failed = []
+    if not s.loss <= cal.max_loss or s.words < cal.min_words:  # a NaN loss (nothing to predict) fails
+        failed.append("fluent")
+    if s.distance > cal.max_distance:
+        failed.append("on_topic")
+    if cal.request_check and not s.request:
+        failed.append("request")
+    return failed
+
+
+_CHECK_CODE = {"fluent": "not_fluent", "on_topic": "off_topic", "request": "not_a_request"}
+
+
+def model_problem(s: Signals, cal: Calibration) -> Problem | None:
+    """The first model check ``s`` fails, as a :class:`Problem` (pure)."""
+    failed = failed_checks(s, cal)
+    if not failed:
+        return None
+    check = failed[0]
+    if check == "fluent" and s.words < cal.min_words:
+        return Problem("not_fluent", f"not fluent: {s.words:.0%} of it is words, the anchor's range starts at {cal.min_words:.0%}")
+    if check == "fluent":
+        return Problem("not_fluent", f"not fluent: model loss {s.loss:.2f} > {cal.max_loss:.2f}, the anchor's range")
+    if check == "on_topic":
+        return Problem("off_topic", f"off topic: distance to the anchor {s.distance:.3f} > {cal.max_distance:.3f}")
+    return Problem("not_a_request", "not a request a user would send an assistant (no question, no request verb)")
+
+
+def pass_rates(signals: Sequence[Signals], cal: Calibration) -> dict[str, float]:
+    """Share of ``signals`` passing each model check, and all of them (pure)."""
+    if not signals:
+        return {}
+    fails = [failed_checks(s, cal) for s in signals]
+    out = {c: round(float(np.mean([c not in f for f in fails])), 4) for c in CHECKS}
+    if not cal.request_check:
+        out["request"] = round(float(np.mean([s.request for s in signals])), 4)  # shown, not applied
+    out["all"] = round(float(np.mean([not f for f in fails])), 4)
+    return out
+
+
+# --------------------------------------------------------------------------- the optional LLM judge
+
+
+class JudgeReply(BaseModel):
+    """The quality judge's answer: a reason, then Yes or No."""
+
+    reason: str = Field(min_length=1, max_length=400, description="One short sentence.")
+    verdict: Literal["Yes", "No"]
+
+
+JUDGE_SYSTEM = "You check training data for an AI assistant. Reply with JSON only."
+
+
+def judge_messages(text: str, *, definition: str, sample_format: str) -> list[tuple[str, str]]:
+    """The judge's prompt for one candidate."""
+    user = (
+        f"Task: {definition}\nSample format: {sample_format}\n\nCandidate:\n\"\"\"\n{text}\n\"\"\"\n\n"
+        "Is the candidate a fluent, self-contained sample in this format, on this task, that a real user "
+        "would send to an AI assistant? Gibberish, lists of codes or symbols, statements that ask for nothing, "
+        "and remarks about instructions or formatting are No.\n"
+        'Reply with a JSON object: "reason": one short sentence; "verdict": "Yes" or "No".'
+    )
+    return [("system", JUDGE_SYSTEM), ("user", user)]

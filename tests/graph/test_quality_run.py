@@ -1,0 +1,93 @@
+"""The quality rule inside a run (real model and SAE; the generator and the judge are the fake
+endpoint, scripted only to force a reply): every verdict keeps its reason code, the LLM
+judge's verdict is recorded, and a judge reply that does not parse is a recorded failure
+that leaves the decision to the cheap checks."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from endpoints import Reply
+
+from facsynth.agent.llm import LLMClient
+from facsynth.db.runs import Runs
+from facsynth.graph.config import RunConfig
+from facsynth.graph.prompts import NEGATIVE, POSITIVE, REQUEST_RULE
+from facsynth.graph.report import coverage_report
+from facsynth.graph.runner import execute, prepare_run
+from facsynth.tools.quality import JUDGE_SYSTEM
+
+pytestmark = pytest.mark.slow
+
+NATURAL = [  # natural requests on the anchor's topics: they pass the cheap checks
+    "How do I change the oil filter on a 2012 Honda Civic?",
+    "Plan a three day trip to the mountains with a tight budget.",
+]
+
+
+def _scripted() -> Any:
+    """Generator: a stub positive (too short) and a natural request as the negative. Judge: No
+    for the oil filter, a reply that never parses for the trip."""
+    calls = itertools.count()
+
+    def reply(body: dict[str, Any]) -> Reply:
+        text = "\n".join(str(m["content"]) for m in body["messages"])
+        if JUDGE_SYSTEM in text:
+            if "oil filter" in text:
+                return Reply(content=json.dumps({"reason": "It reads like a car manual index.", "verdict": "No"}))
+            return Reply(content="Yes, I think so")  # no JSON: the repair request gets the same
+        return Reply(content=json.dumps({POSITIVE: "Okay then", NEGATIVE: NATURAL[next(calls) % len(NATURAL)]}))
+
+    return reply
+
+
+def test_judge_verdicts_are_recorded_and_a_reply_that_does_not_parse_leaves_the_checks_to_decide(
+    reader, fake_llm, demo_data, tmp_path: Path
+) -> None:
+    seed, anchor = demo_data
+    fake_llm.default = _scripted()
+    llm = {"base_url": fake_llm.url, "model": "fake-model", "temperature": 0.8, "max_tokens": 320}
+    cfg = RunConfig.model_validate({
+        "task": "instruction-following", "seed": str(seed), "anchor": str(anchor), "llm": llm,
+        "max_features": 2, "max_attempts": 1, "quality_judge": True,
+    })
+    run, _ = prepare_run(cfg, "judged", reader.store, reader)
+    cal = run.config["setup"]["quality"]
+    assert cal["corpus"] == "anchor" and cal["n"] == 48 and cal["anchor"]["all"] >= 0.95  # stored for resume
+    execute(reader.store, "judged", llm=LLMClient(cfg.llm, store=reader.store), reader=reader)
+    generated = [r for r in fake_llm.requests if JUDGE_SYSTEM not in json.dumps(r.body["messages"])]
+    assert len(generated) == 2 and all(REQUEST_RULE in json.dumps(r.body["messages"]) for r in generated)
+    runs = Runs(reader.store)
+    cands = runs.candidates(run.id)
+    positives = [c for c in cands if c.role == "positive"]
+    assert len(positives) == 2 and {c.code for c in positives} == {"too_short"}
+    negatives = {c.payload["text"]: c for c in cands if c.role == "negative"}
+    assert set(negatives) == set(NATURAL)
+    for c in negatives.values():  # both passed the cheap checks: loss, words, distance and request read and stored
+        assert c.checks is not None and {"loss", "words", "distance", "request"} <= set(c.checks)
+        assert c.target_act is not None and c.target_act <= run.config["setup"]["threshold"]
+
+    said_no = negatives[NATURAL[0]]
+    assert (said_no.verdict, said_no.code) == ("rejected", "judge_no")
+    assert said_no.reason == "quality: the LLM judge said No: It reads like a car manual index."
+    assert (said_no.checks["judge"], said_no.checks["judge_reason"]) == ("No", "It reads like a car manual index.")
+    failed = negatives[NATURAL[1]]
+    assert failed.verdict == "accepted" and failed.code in ("joined", "example") and failed.checks["judge"] == "failed"
+
+    # every judge call is recorded like any LLM call: one answered, one that did not parse (and its repair)
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        judged = db.execute(
+            "SELECT outcome, count(*) FROM llm_calls WHERE run_id = 'judged' AND purpose = 'verify.judge' GROUP BY outcome"
+        ).fetchall()
+    assert dict(judged) == {"ok": 1, "parse_error": 2}
+
+    rep = coverage_report(reader.store, "judged")
+    assert rep.by_reason["too_short"] == {"positive": 2} and rep.by_reason["judge_no"] == {"negative": 1}
+    assert rep.quality is not None and rep.quality.judged == {"No": 1, "failed": 1}
+    assert rep.quality.thresholds["max_loss"] == cal["max_loss"] and rep.quality.anchor == cal["anchor"]
+    assert rep.covered_by_negatives == (rep.covered_by_run if rep.samples_by_role.get("negative") else 0)

@@ -1,0 +1,186 @@
+"""The quality rule on the real model and SAE: junk that fires many features is no sample,
+the anchor passes at the calibrated rate, the seed passes, and the thresholds are pure maths
+on what the model read (no model numerics are mocked)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from facsynth.db import Store
+from facsynth.paths import shipped
+from facsynth.tools.datasets import Sample, load_dataset
+from facsynth.tools.measure import Reader
+from facsynth.tools.quality import (
+    REASONS,
+    Calibration,
+    Signals,
+    TopicIndex,
+    calibrate,
+    calibrate_on,
+    content_losses,
+    failed_checks,
+    is_request,
+    model_problem,
+    read_signals,
+    text_problem,
+    word_share,
+)
+
+JUNK = {
+    # verbatim samples an earlier main job accepted, each credited with dozens of features
+    "chords": "EbMaj7|C9|Gb5|Bbb♠|D#mρ|A9|Df♯Lydj|F2[4a]|Gm7|Cadd9|E7#9|Abm",
+    "version": "Ajax 2.0.3 (17.8-bit) 64-Bit C++ 19 Dec  2015 - 2016 (Mozilla Firefox, Mozilla)",
+    "about the instructions": (
+        "That's not allowed, but instead of this sentence I can add it to my next response with this formatting."
+    ),
+    "no request": "The universe is infinite and has no end, therefore there can be no limits to human existence.",
+}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def calibrated(subject, default_sae, tmp_path_factory) -> tuple[Reader, Calibration, TopicIndex]:
+    """The shipped demo anchor (240 prompts) and seed (60), read and calibrated once."""
+    store = Store(f"sqlite:///{tmp_path_factory.mktemp('quality') / 'store.db'}")
+    reader = Reader(subject, default_sae, store=store)
+    anchor, seed = load_dataset(shipped("demo", "anchor.jsonl")), load_dataset(shipped("demo", "seed.jsonl"))
+    cal = calibrate_on(reader, anchor, seed, pass_rate=0.95)
+    pooled = [sf.pooled for sf, _ in reader.read(anchor)]
+    yield reader, cal, TopicIndex(np.stack(pooled), k=cal.k)
+    store.close()
+
+
+def _problem(reader: Reader, cal: Calibration, index: TopicIndex, text: str):
+    sample = Sample(text=text)
+    problem = text_problem(sample, min_words=4)
+    if problem is not None:
+        return problem, None
+    sf = reader.encoder.encode_one(sample)
+    [sig] = read_signals(reader.encoder, [sample], [sf.pooled], index)
+    return model_problem(sig, cal), (sf, sig)
+
+
+@pytest.mark.parametrize("name", sorted(JUNK))
+def test_junk_that_fires_many_features_is_rejected_on_the_real_model(calibrated, name: str) -> None:
+    reader, cal, index = calibrated
+    problem, read = _problem(reader, cal, index, JUNK[name])
+    assert problem is not None and problem.code in REASONS, f"{name} passed the quality rule"
+    if read is not None:  # it fires plenty: activations alone would have let it in
+        sf, _ = read
+        assert len(sf.active(reader.default_delta)) >= 10
+    expected = {"chords": "not_fluent", "version": "not_fluent", "about the instructions": "about_instructions",
+                "no request": "not_a_request"}[name]
+    assert problem.code == expected
+
+
+def test_the_anchor_passes_at_the_calibrated_rate_and_the_seed_passes(calibrated) -> None:
+    reader, cal, index = calibrated
+    assert (cal.corpus, cal.n, cal.pass_rate, cal.request_check) == ("anchor", 240, 0.95, True)
+    assert 0.95 <= cal.anchor["all"] <= 0.97  # every check together lets the calibrated share through
+    assert all(cal.anchor[c] >= 0.95 for c in ("fluent", "on_topic", "request"))
+    assert cal.seed["all"] >= 0.85  # the seed is a narrow slice of the same kind of prompts
+    # the same figures read again, sample by sample, outside the calibration
+    seed = list(load_dataset(shipped("demo", "seed.jsonl")))
+    pooled = [sf.pooled for sf, _ in reader.read(load_dataset(shipped("demo", "seed.jsonl")))]
+    passed = [not failed_checks(s, cal) and text_problem(x, min_words=4) is None
+              for x, s in zip(seed, read_signals(reader.encoder, seed, pooled, index))]
+    assert np.mean(passed) == pytest.approx(cal.seed["all"], abs=1 / 60 + 1e-9)
+
+
+def test_natural_requests_on_the_anchors_topics_pass(calibrated) -> None:
+    reader, cal, index = calibrated
+    for text in ("Plan a three day trip to the mountains with a tight budget.",
+                 "Pretend you're a local tour guide in Istanbul and plan my afternoon.",
+                 "How do I change the oil filter on a 2012 Honda Civic?"):
+        problem, _ = _problem(reader, cal, index, text)
+        assert problem is None, (text, problem)
+
+
+def test_loss_is_the_mean_next_token_loss_of_the_content_tokens(subject, encoder) -> None:
+    """Checked against a plain transformers forward over the whole rendered prompt."""
+    import torch
+
+    sample = Sample(text="How do I change the oil filter on a 2012 Honda Civic?")
+    [loss] = content_losses(encoder, [sample])
+    t = encoder.tokenize(sample)
+    ids = torch.tensor([t.input_ids])
+    with torch.inference_mode():
+        logp = torch.log_softmax(subject.model(input_ids=ids).logits[0].float(), -1)
+    pos = [p for p in range(1, len(t.input_ids)) if t.content[p]]
+    assert loss == pytest.approx(float(-np.mean([logp[p - 1, t.input_ids[p]].item() for p in pos])), rel=1e-4)
+    [junk] = content_losses(encoder, [Sample(text="oil Civic filter 2012 the Honda change do how on I a?")])
+    assert junk > loss + 1.0  # the same words shuffled read far less fluently
+
+
+@pytest.mark.parametrize(
+    ("text", "asks"),
+    [
+        ("How can I tell if my car battery is dying?", True),
+        ("Explain what engine coolant does, in two sentences.", True),
+        ("I just got a $5,000 bonus. List four sensible ways to use it.", True),
+        ("prove that the square root of 2 is irrational", True),
+        ("You are a strict French chef. Critique my plan to make hollandaise sauce.", True),
+        ("The universe is infinite and has no end.", False),
+        ("A calm walk along the quiet river at dusk, with nothing much to say about it.", False),
+        ("Ajax 2.0.3 (17.8-bit) 64-Bit C++ 19 Dec 2015", False),
+        # candidates an earlier main job accepted: statements that only sound like a user
+        ("That's not what I said, but it is my statement now. I am going to try again. Let's try another.", False),
+        ("Another way to say it, I will explain further.", False),
+        ("I'm trying to be careful here because there's no other way to explain it.", False),
+        ("I'm looking for a gentle stretching routine for my lower back.", True),
+        ("When we are faced with very hard decisions, often there is no clear answer.", False),
+        ("what did nietzsche mean by god is dead", True),
+        ("How do I fix the error my build prints", True),
+    ],
+)
+def test_request_signal(text: str, asks: bool) -> None:
+    assert is_request(text) is asks
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["{1.25} How much sleep do adults actually need, and what happens? {3.75}",
+     "Explain the greenhouse effect to a 12-year-<<old>>."],
+)
+def test_the_prompts_markup_copied_into_a_candidate_is_talk_about_the_instructions(text: str) -> None:
+    problem = text_problem(Sample(text=text), min_words=4)
+    assert problem is not None and problem.code == "about_instructions"
+
+
+def test_word_share() -> None:
+    assert word_share("Plan a three day trip, please!") == 1.0
+    assert word_share("EbMaj7|C9|Gb5|Bbb♠") == 0.0
+    assert word_share("Solve 2x + 3y = 12 for me") == pytest.approx(3 / 8)
+
+
+def test_calibration_lets_the_pass_rate_through_every_check_together() -> None:
+    rng = np.random.default_rng(0)
+    sig = [Signals(float(x), float(d), True, float(w)) for x, d, w in
+           zip(rng.normal(3, 0.5, 400), rng.uniform(0.2, 0.7, 400), rng.uniform(0.8, 1.0, 400))]
+    cal = calibrate(sig, pass_rate=0.9, k=3, corpus="anchor")
+    share = np.mean([not failed_checks(s, cal) for s in sig])
+    assert 0.9 <= share <= 0.92 and cal.quantile >= 0.9
+    assert cal.max_loss == pytest.approx(np.quantile([s.loss for s in sig], cal.quantile), abs=1e-3)
+    # a corpus that is mostly not requests turns the request check off rather than rejecting everything
+    statements = [Signals(s.loss, s.distance, i % 3 == 0, s.words) for i, s in enumerate(sig)]
+    assert calibrate(statements, pass_rate=0.9, k=3, corpus="anchor").request_check is False
+
+
+def test_topic_distance_leaves_each_anchor_sample_out_of_its_own_neighbours() -> None:
+    rng = np.random.default_rng(1)
+    pooled = rng.normal(size=(20, 8)).astype(np.float32)
+    index = TopicIndex(pooled, k=1)
+    own = index.self_distances()
+    assert (own > 1e-3).all()  # not zero: a sample is not its own neighbour
+    assert index.distances(pooled) == pytest.approx(np.zeros(20), abs=1e-5)
+
+
+def test_a_run_without_pooled_states_or_with_a_tiny_corpus_is_refused() -> None:
+    with pytest.raises(ValueError):
+        TopicIndex(np.zeros((1, 4)))
+
+
+def test_reasons_are_a_small_fixed_vocabulary() -> None:
+    assert len(REASONS) <= 16 and all(code.isidentifier() for code in REASONS)
