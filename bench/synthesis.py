@@ -1,4 +1,4 @@
-"""Agent vs the paper's fixed pipeline at equal generator-call budgets, in one run.
+"""Agent vs the paper's fixed pipeline vs unguided generation at equal generator-call budgets, in one run.
 
     python bench/synthesis.py [--calls 40] [--batch 2] [--seed FILE] [--anchor FILE] [--task T]
 
@@ -11,14 +11,20 @@ generator calls:
   feature), covered features skipped;
 - ``paper``: the authors' two steps per feature (2 samples from the explanation and spans,
   then 2 with the strong/weak pair), no feedback, no retry, features taken in order even
-  when another sample covered them meanwhile; only step-2 samples join the data.
+  when another sample covered them meanwhile; only step-2 samples join the data;
+- ``unguided``: the baseline users would otherwise pick (self-instruct style): each call
+  shows 3 seed samples and asks for 2 new ones; no features, no target check.
+
+Every strategy's candidates pass the same quality rule (fluent, on the anchor's topic, a
+request; calibrated on the anchor) and duplicate checks, so only usable samples count.
 
 Reported per strategy: missing features covered (every missing feature an accepted
 sample fires counts, in both; for the agent, how many of them came with accepted
 negatives), covered per 100 generator calls, FAC at half and at the
 full budget, acceptance rate per step (verified positives whose target fired, not a
-copy, not a stub). The last lines are ``name=value`` figures; the target is
-``covered_per_call_ratio >= 1.5`` (agent / paper).
+copy, not a stub), and the quality of what joined (share of joined samples passing each
+check, beside the anchor's own rates). The last lines are ``name=value`` figures;
+``covered_per_call_ratio`` is agent / paper, ``covered_per_call_vs_unguided`` agent / unguided.
 """
 
 from __future__ import annotations
@@ -76,7 +82,7 @@ def main() -> None:
             "llm": {"temperature": 0.8, "top_p": 0.9, "max_tokens": 320, "max_concurrency": args.batch,
                     "server": {"instances": args.batch}},
         }
-        cfgs = {s: RunConfig.model_validate({**base, "strategy": s}) for s in ("agent", "paper")}
+        cfgs = {s: RunConfig.model_validate({**base, "strategy": s}) for s in ("agent", "paper", "unguided")}
         with open_client(cfgs["agent"].llm, store=store) as client:
             for strategy, cfg in cfgs.items():
                 started = time.monotonic()
@@ -94,6 +100,8 @@ def main() -> None:
                     "fac_full": fac_at(rep, args.calls), "acc1": steps[1], "acc2": steps[2],
                     "seconds": time.monotonic() - started, "missing": run.n_relevant - run.n_seed_covered,
                     "from_negatives": by_role["negative"],
+                    "quality": rep.quality.joined if rep.quality else {},
+                    "anchor_quality": rep.quality.anchor if rep.quality else {},
                 }
 
     def pct(x: object) -> str:
@@ -104,7 +112,13 @@ def main() -> None:
     for s, r in rows.items():
         print(f"{s:8} {r['calls']:>5} {r['covered']:>7} {r['per100']:>10.1f} {r['samples']:>7} {pct(r['fac_before']):>8} "
               f"{pct(r['fac_half']):>8} {pct(r['fac_full']):>8} {pct(r['acc1']):>9} {pct(r['acc2']):>9} {r['seconds']:>7.0f}")
-    a, p = rows["agent"], rows["paper"]
+    print()
+    print(f"{'quality':8} " + " ".join(f"{k:>9}" for k in ("fluent", "on_topic", "request", "all")))
+    anchor_q = rows["agent"]["anchor_quality"]
+    print(f"{'anchor':8} " + " ".join(f"{pct(anchor_q.get(k)):>9}" for k in ("fluent", "on_topic", "request", "all")))
+    for s, r in rows.items():
+        print(f"{s:8} " + " ".join(f"{pct(r['quality'].get(k)):>9}" for k in ("fluent", "on_topic", "request", "all")))
+    a, p, u = rows["agent"], rows["paper"], rows["unguided"]
     print(f"budget_calls={args.calls}")
     print(f"missing_features={a['missing']}")
     for s, r in rows.items():
@@ -114,12 +128,16 @@ def main() -> None:
         print(f"{s}_covered_by_negatives={r['from_negatives']}")
         print(f"{s}_fac_at_half_budget={float(r['fac_half']):.4f}")
         print(f"{s}_fac_at_budget={float(r['fac_full']):.4f}")
+        for k, v in r["quality"].items():
+            print(f"{s}_joined_pass_{k}={float(v):.3f}")
         for step in (1, 2):
             acc = r[f"acc{step}"]
             print(f"{s}_acceptance_step{step}={'nan' if acc is None else f'{float(acc):.3f}'}")
     ratio = float(a["per100"]) / float(p["per100"]) if float(p["per100"]) > 0 else float("inf")
     print(f"fac_seed={float(a['fac_before']):.4f}")
     print(f"covered_per_call_ratio={ratio:.2f}")
+    vs_u = float(a["per100"]) / float(u["per100"]) if float(u["per100"]) > 0 else float("inf")
+    print(f"covered_per_call_vs_unguided={vs_u:.2f}")
 
 
 if __name__ == "__main__":

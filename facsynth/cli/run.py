@@ -167,7 +167,7 @@ def run_command(
     budget_tokens: Optional[int] = typer.Option(None, "--budget-tokens", help="Stop after this many LLM tokens (in + out)."),
     budget_seconds: Optional[float] = typer.Option(None, "--budget-seconds", help="Stop after this much synthesis wall time."),
     max_attempts: int = typer.Option(4, "--max-attempts", help="Generator calls per feature before it is exhausted (agent)."),
-    strategy: str = typer.Option("agent", "--strategy", help="agent (feedback, retries) or paper (the authors' fixed two steps)."),
+    strategy: str = typer.Option("agent", "--strategy", help="agent (feedback, retries), paper (the authors' fixed two steps) or unguided (new samples from seed examples, no features: the baseline)."),
     run_name: Optional[str] = typer.Option(None, "--run", help="Run name (default: TASK-DATE-TIME)."),
     batch: int = typer.Option(2, "--batch", help="Features worked on at once (concurrent generator calls)."),
     max_features: Optional[int] = typer.Option(None, "--max-features", help="Target only the N highest-priority missing features."),

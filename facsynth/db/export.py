@@ -47,17 +47,18 @@ def records(store: Store, run_name: str, *, with_seed: bool = False) -> list[dic
             s = sample_from_row(payload)
             out.append({"messages": [m.to_dict() for m in s.as_messages], **_alpaca(s),
                         "label": s.meta.get("label"), "source": "seed", "provenance": None})
+    guided = run.strategy != "unguided"  # an unguided sample's feature is only the call slot it was written in
     for acc in runs.samples(run.id):
         c = acc.candidate
         s = Sample(**c.payload)
-        exp = exps.get(c.feature)
+        exp = exps.get(c.feature) if guided else None
         out.append({
             "messages": [m.to_dict() for m in s.as_messages],
             **_alpaca(s),
             "label": c.label,
             "source": "synthetic",
             "provenance": {
-                "run": run.name, "sample_id": acc.id, "target_feature": c.feature,
+                "run": run.name, "sample_id": acc.id, "target_feature": c.feature if guided else None,
                 "explanation": None if exp is None else exp.text, "activation": round(acc.activation, 4),
                 "covered_features": acc.covered, "step": c.step, "attempt": c.attempt, "role": c.role,
                 "model": c.model, "prompt_id": c.prompt_hash, "created_at": acc.created_at.isoformat(),

@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from facsynth.agent.llm import LLMConfig
 
-Strategy = Literal["agent", "paper"]
-STRATEGIES: tuple[str, ...] = ("agent", "paper")
+Strategy = Literal["agent", "paper", "unguided"]
+STRATEGIES: tuple[str, ...] = ("agent", "paper", "unguided")
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -49,7 +49,10 @@ class RunConfig(BaseModel):
     budget: Budget = Field(default_factory=Budget)
     strategy: Strategy = "agent"
     """``agent``: feedback, retries, skips what is covered; ``paper``: the authors' fixed
-    two-step pipeline (2 samples per feature, then 2 with the pair; no feedback, no retry)."""
+    two-step pipeline (2 samples per feature, then 2 with the pair; no feedback, no retry);
+    ``unguided``: the baseline users would otherwise pick, self-instruct style: each call
+    writes 2 new samples from a few seed examples, no features, no target check (the
+    quality rule and duplicates still apply)."""
     max_attempts: int = Field(4, ge=1, le=32)
     """Generator calls per feature before it is marked exhausted (agent strategy)."""
     batch: int = Field(2, ge=1, le=64)

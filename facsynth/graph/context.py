@@ -54,6 +54,7 @@ class Resources:
     _spans: dict[int, list[tuple[str, float]]] = field(default_factory=dict)
     _dups: DuplicateIndex | None = None
     _topic: TopicIndex | None = None
+    _seed: list[tuple[str, str | None]] | None = None
 
     @property
     def runs(self) -> Runs:
@@ -121,6 +122,26 @@ class Resources:
             self._topic = TopicIndex(np.stack(pooled), k=cal.k)
         return cal, self._topic
 
+    def seed_examples(self, slot: int, n: int = 3) -> list[tuple[str, str | None]]:
+        """``n`` seed samples (text, label) for the unguided strategy's call ``slot``: drawn
+        without replacement by a generator seeded with the slot, so a resumed run shows the
+        same ones. Read from the seed file (labels included) or, where it is gone, the store."""
+        if self._seed is None:
+            from facsynth.errors import InputError
+            from facsynth.tools.datasets import load_dataset
+
+            try:
+                self._seed = [(s.plain_text, _label(s.meta)) for s in load_dataset(self.cfg.seed)]
+            except InputError:
+                seed_id = self.run.config.get("setup", {}).get("seed_dataset_id")
+                rows = self.store.dataset_samples(int(seed_id)) if seed_id is not None else []
+                self._seed = [(sample_from_row(p).plain_text, None) for _, p in rows]
+        if not self._seed:
+            return []
+        rng = np.random.default_rng(slot)
+        pick = rng.choice(len(self._seed), size=min(n, len(self._seed)), replace=False)
+        return [self._seed[int(i)] for i in pick]
+
     def duplicates(self) -> DuplicateIndex:
         """Seed samples and the run's accepted samples, for the duplicate checks."""
         if self._dups is None:
@@ -140,6 +161,11 @@ class Resources:
                     index.add(f"accepted sample {s.id}", c.text_hash, sf)
             self._dups = index
         return self._dups
+
+
+def _label(meta: dict[str, Any]) -> str | None:
+    value = meta.get("label")
+    return None if value is None else str(value)
 
 
 def open_resources(

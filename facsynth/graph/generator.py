@@ -49,6 +49,12 @@ def _shown(c: Candidate) -> Shown:
 
 def build_request(res: Resources, cfg: RunConfig, feature: int, attempt: int, style: list[str]) -> GenerationRequest:
     """The prompt inputs of ``attempt`` for ``feature`` (all read from the store)."""
+    requests = res.calibration is not None and cfg.quality and res.calibration.request_check
+    if cfg.strategy == "unguided":  # the feature is only a call slot: seed examples, nothing about features
+        return GenerationRequest(
+            feature=feature, step=1, strategy="unguided", task=res.task, explanation=None, spans=[],
+            threshold=res.threshold, style=list(style), examples=res.seed_examples(feature), request=requests,
+        )
     runs = Runs(res.store)
     history = [c for c in runs.candidates(res.run.id, feature) if c.verdict is not None and c.attempt < attempt]
     anchor = res.anchor_spans(feature)
@@ -59,8 +65,7 @@ def build_request(res: Resources, cfg: RunConfig, feature: int, attempt: int, st
         step = 2 if history else 1
     req = GenerationRequest(
         feature=feature, step=step, strategy=cfg.strategy, task=res.task, explanation=res.explanation(feature),
-        spans=spans, threshold=res.threshold, style=list(style),
-        request=res.calibration is not None and cfg.quality and res.calibration.request_check,
+        spans=spans, threshold=res.threshold, style=list(style), request=requests,
     )
     if step == 2:
         usable = [c for c in history if not (c.reason or "").startswith("quality:")]  # no echo or stub as an example

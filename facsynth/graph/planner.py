@@ -12,7 +12,8 @@ fresh features, fresh features come first, and a rejected feature goes back to t
 instead of straight back to the generator. The paper strategy walks the missing
 list as it was computed at the start, in the same priority order (so the two strategies
 compare on the same features), including features another sample has covered meanwhile:
-the authors' pipeline does not look back.
+the authors' pipeline does not look back. The unguided strategy walks the same list, one
+generator call per feature, but only as a call slot: its prompt names no feature.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def choose(
 
     ``prefer_fresh``: features never tried come before retries (the run's retries pay less
     than first attempts, see :func:`retries_pay`)."""
+    if strategy == "unguided":  # the features are only call slots: one call each, on what is still missing
+        todo = [f for f in features if f.attempts == 0 and f.status == "pending" and f.feature not in exclude]
+        return [f.feature for f in sorted(todo, key=lambda f: (-f.priority, f.feature))[:n]]
     if strategy == "paper":
         todo = [f for f in features if f.attempts == 0 and f.status in ("pending", "covered") and f.feature not in exclude]
         return [f.feature for f in sorted(todo, key=lambda f: (-f.priority, f.feature))[:n]]

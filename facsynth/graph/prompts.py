@@ -5,7 +5,8 @@ Step 2 adds the contrastive pair, as in the paper: the strongest and the weakest
 so far, each with its activating span and score, and the rule "if the strong score is
 high, reuse its activating phrase verbatim, else paraphrase it". The agent strategy adds
 the verifier's feedback on the last attempt and the run's style directives; the paper
-strategy asks for two samples and gets no feedback.
+strategy asks for two samples and gets no feedback. The unguided baseline shows no
+feature at all: a few seed examples and "write two new samples like these" (self-instruct).
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ POSITIVE = "sample_using_the_marked_words"
 NEGATIVE = "similar_sample_without_them"
 FIRST, SECOND = "first_sample_using_the_marked_words", "second_sample_using_them_differently"
 """Reply keys: descriptive, because a small model writes what the key says."""
-REPLY_ECHOES = (POSITIVE, NEGATIVE, FIRST, SECOND, "ContrastivePair", "TwoSamples")
+NEW_FIRST, NEW_SECOND = "first_new_sample", "second_new_sample"
+"""The unguided strategy's reply keys."""
+REPLY_ECHOES = (POSITIVE, NEGATIVE, FIRST, SECOND, NEW_FIRST, NEW_SECOND, "ContrastivePair", "TwoSamples", "TwoNewSamples")
 """Texts that only repeat the reply format: a candidate equal to one is no sample."""
 
 
@@ -70,6 +73,11 @@ def pair_model(labels: tuple[str, ...] | None) -> type[BaseModel]:
 def two_samples_model(labels: tuple[str, ...] | None) -> type[BaseModel]:
     """The paper strategy's reply: two samples meant to fire the feature."""
     return _reply("TwoSamples", (FIRST, SECOND), labels)
+
+
+def new_samples_model(labels: tuple[str, ...] | None) -> type[BaseModel]:
+    """The unguided strategy's reply: two new samples like the seed examples."""
+    return _reply("TwoNewSamples", (NEW_FIRST, NEW_SECOND), labels)
 
 
 def task_labels(task: TaskSpec) -> tuple[str, ...] | None:
@@ -108,6 +116,8 @@ class GenerationRequest:
     weak: Shown | None = None
     feedback: list[str] = field(default_factory=list)
     style: list[str] = field(default_factory=list)
+    examples: list[tuple[str, str | None]] = field(default_factory=list)
+    """Unguided strategy: seed samples (text, label) to write new ones like."""
     request: bool = False
     """The run's quality rule asks for requests (its anchor is made of them): the prompt says so."""
 
@@ -149,7 +159,11 @@ def render(req: GenerationRequest) -> list[tuple[str, str]]:
     if labels:
         lines.append(f"Label each sample with one of: {', '.join(labels)}.")
     lines.append("")
-    lines += _feature_block(req)
+    if req.strategy == "unguided":
+        lines.append("Examples of the data:")
+        lines += [f"{i}. {t!r}" + (f" (label: {lab})" if lab and labels else "") for i, (t, lab) in enumerate(req.examples, 1)]
+    else:
+        lines += _feature_block(req)
     if req.step == 2:
         lines.append("")
         lines += _pair_block(req)
@@ -163,7 +177,10 @@ def render(req: GenerationRequest) -> list[tuple[str, str]]:
         lines += [f"- {s}" for s in req.style]
     lines.append("")
     lines.append("Reply with a JSON object with these fields:")
-    if req.strategy == "paper":
+    if req.strategy == "unguided":
+        fields = [(NEW_FIRST, "a new sample in the sample format, like the examples but on a subject they do not cover"),
+                  (NEW_SECOND, "another new sample, different from the first and from the examples")]
+    elif req.strategy == "paper":
         fields = [(FIRST, "a new sample in the sample format that contains the marked words"),
                   (SECOND, "another, different sample in the sample format that contains them too")]
     else:
@@ -178,11 +195,16 @@ def render(req: GenerationRequest) -> list[tuple[str, str]]:
 
 def reply_model(strategy: str, task: TaskSpec) -> type[BaseModel]:
     labels = task_labels(task)
+    if strategy == "unguided":
+        return new_samples_model(labels)
     return two_samples_model(labels) if strategy == "paper" else pair_model(labels)
 
 
 def reply_examples(strategy: str, reply: BaseModel) -> list[tuple[str, str, str | None]]:
     """(role, text, label) of each sample of a parsed reply."""
-    fields = (("sample", FIRST), ("sample", SECOND)) if strategy == "paper" else (("positive", POSITIVE), ("negative", NEGATIVE))
+    fields = {
+        "paper": (("sample", FIRST), ("sample", SECOND)),
+        "unguided": (("sample", NEW_FIRST), ("sample", NEW_SECOND)),
+    }.get(strategy, (("positive", POSITIVE), ("negative", NEGATIVE)))
     data = reply.model_dump()
     return [(role, data[f], data.get(f"{f}_label")) for role, f in fields]

@@ -46,11 +46,13 @@ log = logging.getLogger(__name__)
 def judge(
     c: Candidate, r: Reading, *, threshold: float, delta: float, adds: bool, duplicate: str | None,
     problem: Problem | None = None, negative_min_new: int = 3, checks: dict[str, Any] | None = None,
+    needs_target: bool = True,
 ) -> Verdict:
     """The verdict on one candidate (pure). ``problem``: why it is no usable sample at all
     (text, model or LLM-judge check, :mod:`facsynth.tools.quality`), for positives and
     negatives alike; ``negative_min_new``: missing features an accepted negative must cover
-    to join the data (0: negatives never join); ``checks``: the signals, stored with it."""
+    to join the data (0: negatives never join); ``checks``: the signals, stored with it;
+    ``needs_target``: False for the unguided baseline, whose samples target no feature."""
     act = r.target_act
     common = {
         "candidate_id": c.id, "target_act": act, "span": r.span, "feature_ids": r.features.feature_ids,
@@ -65,6 +67,11 @@ def judge(
         joins = adds and duplicate is None and negative_min_new > 0
         return Verdict(**common, verdict="accepted", reason=f"negative stays below: {act:.2f} <= {threshold:g}",
                        accept=joins, min_new=max(negative_min_new, 1), code="joined" if joins else "example")
+    if not needs_target:
+        if duplicate is not None:
+            return Verdict(**common, verdict="duplicate", reason=duplicate, code="duplicate")
+        return Verdict(**common, verdict="accepted", reason="unguided sample: a usable sample of the task", accept=adds,
+                       code="joined" if adds else "example")
     if act <= threshold:
         return Verdict(**common, verdict="rejected", reason=f"target reached {act:.2f}, needs > {threshold:g}",
                        code="target_not_fired")
@@ -96,13 +103,13 @@ def _judge_all(res: Resources, cfg: RunConfig, pairs: list[tuple[Candidate, Read
         for i, sig in zip(todo, signals):
             checks[i] = sig.as_dict()
             problems[i] = model_problem(sig, cal)
-    adds = [cfg.strategy == "agent" or c.step == 2 for c, _ in pairs]
+    adds = [cfg.strategy != "paper" or c.step == 2 for c, _ in pairs]  # paper: only step-2 samples join
     dup = [dups.check(c.text_hash, r.features) if p is None else None for (c, r), p in zip(pairs, problems)]
 
     def decide() -> list[Verdict]:
         return [
             judge(c, r, threshold=res.threshold, delta=res.delta, adds=a, duplicate=d, problem=p,
-                  negative_min_new=cfg.negative_min_new, checks=k)
+                  negative_min_new=cfg.negative_min_new, checks=k, needs_target=cfg.strategy != "unguided")
             for (c, r), a, d, p, k in zip(pairs, adds, dup, problems, checks)
         ]
 
@@ -147,6 +154,8 @@ def _settle_feature(
     runs = Runs(res.store)
     if cfg.strategy == "paper":
         exhausted = "the paper pipeline's two steps did not cover it" if attempt >= 2 else None
+    elif cfg.strategy == "unguided":
+        exhausted = "unguided: its one call slot is spent"
     elif attempt >= cfg.max_attempts:
         fs = runs.feature(res.run.id, feature)
         best = max([v.target_act for v, (c, _) in zip(verdicts, pairs) if c.role != "negative"] + [fs.best_act or 0.0 if fs else 0.0])

@@ -19,7 +19,7 @@ from facsynth.agent.llm import LLMClient
 from facsynth.db.export import export_run
 from facsynth.db.runs import Runs
 from facsynth.graph.config import RunConfig
-from facsynth.graph.prompts import FIRST, NEGATIVE, POSITIVE, SECOND
+from facsynth.graph.prompts import FIRST, NEGATIVE, NEW_FIRST, NEW_SECOND, POSITIVE, SECOND
 from facsynth.graph.report import coverage_report, plot_curve
 from facsynth.graph.runner import execute, prepare_run
 from facsynth.tools.datasets import Sample, load_dataset
@@ -143,6 +143,37 @@ def test_paper_strategy_makes_exactly_two_calls_per_feature_without_feedback(rea
     assert {c.role for c in cands} == {"sample"} and len(cands) == 12
     # step-1 samples build the pair; only step-2 samples can join the data
     assert all(s.candidate.step == 2 for s in runs.samples(run.id))
+
+
+def test_unguided_strategy_writes_from_seed_examples_and_joins_usable_samples_without_a_target(
+    reader, fake_llm, demo_data, tmp_path
+) -> None:
+    seed, anchor = demo_data
+    fake_llm.default = Reply(content=json.dumps({
+        NEW_FIRST: "Plan a three day trip to the mountains with a tight budget.",
+        NEW_SECOND: "Write a short poem about the first snow of winter in the city.",
+    }))
+    cfg = _fake_cfg(fake_llm, seed, anchor, strategy="unguided", max_features=3)
+    run, _ = prepare_run(cfg, "unguided", reader.store, reader)
+    execute(reader.store, "unguided", llm=LLMClient(cfg.llm, store=reader.store), reader=reader)
+    runs = Runs(reader.store)
+    slots = [f for f in runs.features(run.id) if f.attempts]
+    assert all(f.attempts == 1 and f.status in ("covered", "exhausted") for f in slots)
+    assert len(fake_llm.requests) == len(slots) == 3  # one call per slot, no retry
+    prompts = _user_prompts(fake_llm)
+    seed_texts = [s.plain_text for s in load_dataset(seed)]
+    for p in prompts:  # seed examples, nothing about features
+        assert "Examples of the data:" in p and sum(repr(t) in p for t in seed_texts) == 3
+        assert "Snippets" not in p and "Theme:" not in p and "marked" not in p
+    assert len(set(prompts)) == 3  # each slot draws its own examples
+    cands = runs.candidates(run.id)
+    assert {c.role for c in cands} == {"sample"} and len(cands) == 6
+    # the first call's two samples join whatever they fire; the later calls repeat them
+    assert sorted(c.verdict for c in cands) == ["accepted", "accepted"] + ["duplicate"] * 4
+    assert len(runs.samples(run.id)) == 2
+    export_run(reader.store, "unguided", tmp_path / "u.jsonl", "jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "u.jsonl").read_text().splitlines()]
+    assert [r["provenance"]["target_feature"] for r in rows] == [None, None]
 
 
 def test_another_llm_seed_samples_every_request_anew(reader, fake_llm, demo_data) -> None:
