@@ -1,6 +1,6 @@
 """Agent vs the paper's fixed pipeline vs unguided generation at equal generator-call budgets, in one run.
 
-    python bench/synthesis.py [--calls 40] [--batch 2] [--seed FILE] [--anchor FILE] [--task T]
+    python bench/synthesis.py [--calls 40] [--batch 2] [--seed FILE] [--anchor FILE] [--task T] [--writer NAME]
 
 Same setup for both: the shipped demo seed (3 topics) and anchor (24 topics), the default
 model and SAE, the embedded llama.cpp server (SmolLM2-135M), one fresh SQLite store, the
@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--seed", default=str(DEMO / "seed.jsonl"))
     ap.add_argument("--anchor", default=str(DEMO / "anchor.jsonl"))
     ap.add_argument("--task", default="instruction-following")
+    ap.add_argument("--writer", default=None, help="a local writer (facsynth.agent.writers) instead of SmolLM2-135M")
     args = ap.parse_args()
 
     rows: dict[str, dict[str, object]] = {}
@@ -80,7 +81,8 @@ def main() -> None:
             "task": args.task, "seed": args.seed, "anchor": args.anchor, "target_fac": 1.0, "batch": args.batch,
             "budget": {"calls": args.calls},
             "llm": {"temperature": 0.8, "top_p": 0.9, "max_tokens": 320, "max_concurrency": args.batch,
-                    "server": {"instances": args.batch}},
+                    "server": {"instances": args.batch, "gguf": args.writer},
+                    **({"model": args.writer} if args.writer else {})},
         }
         cfgs = {s: RunConfig.model_validate({**base, "strategy": s}) for s in ("agent", "paper", "unguided")}
         with open_client(cfgs["agent"].llm, store=store) as client:
