@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 
 from facsynth.db.models import (
     FEATURE_STATUSES,
@@ -39,6 +39,10 @@ EXCLUDED_BY_USER = "excluded by the user"
 """``run_features.reason`` of a feature a steering directive excluded (undone with the directive)."""
 HELD_BACK = "held back: beyond --max-features"
 """``run_features.reason`` of a missing feature outside the run's ``max_features`` (a focus brings it in)."""
+_EXCLUSIONS = (EXCLUDED_BY_USER, HELD_BACK)
+"""A covered feature keeps the reason it was excluded for: no strategy targets it, and a
+withdrawn sample returns it to ``excluded``, not ``pending``."""
+_KEEP_EXCLUSION = case((RunFeature.status == "excluded", RunFeature.reason), else_=None)
 
 
 @dataclass(frozen=True)
@@ -450,7 +454,7 @@ class Runs:
                             RunFeature.feature_id.in_(credited),
                             RunFeature.status.in_(("pending", "in_progress", "exhausted", "excluded")),
                         )
-                        .values(status="covered", reason=None)
+                        .values(status="covered", reason=_KEEP_EXCLUSION)
                     )
                 sample.covered = _canonical_json(sorted(credited))
                 newly.extend(credited)
@@ -542,7 +546,8 @@ class Runs:
         """Withdraw accepted samples (a user rejected them) and the coverage only they gave.
 
         A feature they covered passes to the earliest remaining sample that fires it above
-        ``delta``; with none it is uncovered again (``pending`` when it was ``covered``).
+        ``delta``; with none it is uncovered again (``pending`` when it was ``covered``, or
+        ``excluded`` again when it was held back or excluded before a sample covered it).
         One transaction. Returns the features that are uncovered now.
         """
         return self._recredit(run_id, [int(i) for i in sample_ids], delta=delta, withdraw=True)
@@ -584,12 +589,12 @@ class Runs:
                     if by is None:
                         changed.append(f.feature_id)
                         if f.status == "covered":
-                            f.status = "pending"
+                            f.status = "excluded" if f.reason in _EXCLUSIONS else "pending"
                 elif by is not None:
                     f.covered_by = by
                     changed.append(f.feature_id)
                     if f.status in ("pending", "exhausted", "excluded"):
-                        f.status, f.reason = "covered", None
+                        f.status, f.reason = "covered", f.reason if f.status == "excluded" else None
                 f.updated_at = now
             return sorted(changed)
 

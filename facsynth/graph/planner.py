@@ -42,7 +42,9 @@ def choose(
         todo = [f for f in features if f.attempts == 0 and f.status == "pending" and f.feature not in exclude]
         return [f.feature for f in sorted(todo, key=lambda f: (-f.priority, f.feature))[:n]]
     if strategy == "paper":
-        todo = [f for f in features if f.attempts == 0 and f.status in ("pending", "covered") and f.feature not in exclude]
+        # the run's own missing list, covered meanwhile or not; never a held-back or excluded one
+        todo = [f for f in features if f.attempts == 0 and f.feature not in exclude
+                and (f.status == "pending" or (f.status == "covered" and f.reason is None))]
         return [f.feature for f in sorted(todo, key=lambda f: (-f.priority, f.feature))[:n]]
     todo = [f for f in features if f.status in ("pending", "in_progress") and f.feature not in exclude]
     todo.sort(key=lambda f: (f.status != "in_progress", f.feature not in focus, prefer_fresh and f.attempts > 0,

@@ -82,6 +82,14 @@ def test_an_accepted_sample_credits_every_missing_feature_it_fires_once(store: S
     assert runs.feature(run_id, 2).covered_by == sample.id
     s = runs.summary(run_id)
     assert (s.covered, s.samples, s.fac) == (3, 1, 0.7)
+    assert runs.feature(run_id, 5).reason == HELD_BACK  # covered, but still no strategy's target
+
+    # withdrawing the sample returns the held-back feature to excluded, the others to pending
+    assert runs.withdraw_samples(run_id, [sample.id], delta=1.0) == [1, 2, 5]
+    status = {f.feature: f.status for f in runs.features(run_id)}
+    assert status == {1: "pending", 2: "pending", 3: "pending", 4: "pending", 5: "excluded"}
+    assert runs.restore_samples(run_id, [sample.id], delta=1.0) == [1, 2, 5]
+    assert runs.feature(run_id, 5).status == "covered" and runs.feature(run_id, 5).reason == HELD_BACK
 
     # settling the same attempt again (a resumed verifier) changes nothing
     assert runs.settle(run_id, 1, [_verdict(pos, "accepted", 20.0, [1, 2, 5], accept=True)]) == []

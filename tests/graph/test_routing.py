@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from langgraph.graph import END
 
-from facsynth.db.runs import Candidate, Directive, FeatureState, RunRecord, Summary
+from facsynth.db.runs import HELD_BACK, Candidate, Directive, FeatureState, RunRecord, Summary
 from facsynth.graph.budget import Spent, stop_reason
 from facsynth.graph.config import RunConfig
 from facsynth.graph.directives import apply
@@ -32,8 +32,8 @@ def test_verifier_routes_rejections_back_to_the_generator() -> None:
     assert after_verifier({"batch": []}) == "planner"
 
 
-def fs(feature: int, status: str = "pending", attempts: int = 0, priority: float = 0.0) -> FeatureState:
-    return FeatureState(feature, status, attempts, priority, None, None, None)
+def fs(feature: int, status: str = "pending", attempts: int = 0, priority: float = 0.0, reason: str | None = None) -> FeatureState:
+    return FeatureState(feature, status, attempts, priority, None, reason, None)
 
 
 def test_agent_picks_left_over_work_then_focus_then_priority_and_skips_the_excluded() -> None:
@@ -45,7 +45,8 @@ def test_agent_picks_left_over_work_then_focus_then_priority_and_skips_the_exclu
 
 def test_paper_walks_the_initial_missing_list_by_priority_even_when_covered_meanwhile() -> None:
     features = [fs(9, priority=0.5), fs(2, "covered", priority=0.1), fs(5, attempts=2, priority=9.0),
-                fs(4, "exhausted", 2), fs(1, priority=0.5), fs(3, "excluded", priority=3.0)]
+                fs(4, "exhausted", 2), fs(1, priority=0.5), fs(3, "excluded", priority=3.0),
+                fs(8, "covered", priority=7.0, reason=HELD_BACK)]  # held back, then covered by a sample
     assert choose(features, 5, strategy="paper", focus=set(), exclude=set()) == [1, 9, 2]
 
 
