@@ -183,11 +183,23 @@ def text_problem(sample: Sample, *, min_words: int, echoes: Iterable[str] = ()) 
     return None
 
 
+ASSISTANT_VOICE = re.compile(
+    r"\W*(?:(?:i'm|i am) sorry,? (?:but )?i (?:can't|cannot|can not|am unable|won't|am not able)|i apologi[sz]e|"
+    r"as an ai\b|(?:sure|certainly|of course|absolutely)\s*[!,.]\s*(?:here(?:'s| is| are)|below is|i(?:'d| would| can| will)))",
+    re.IGNORECASE,
+)
+"""The opening of an assistant's reply (a refusal, "As an AI ...", "Sure! Here is ..."):
+such a text is no user message, even when it ends with a question."""
+
+
 def is_request(text: str) -> bool:
     """A request or question a user would send an assistant (cheap signals): a question
     mark, a sentence that starts with a request verb or a question ("how do", "what is"; not
-    "When we are faced with ..."), or a request phrase ("can you", "help me")."""
+    "When we are faced with ..."), or a request phrase ("can you", "help me"); never a text
+    that opens as an assistant's reply (:data:`ASSISTANT_VOICE`)."""
     text = text.strip()
+    if ASSISTANT_VOICE.match(text):
+        return False
     if _REQUEST_ANY.search(text):
         return True
     return any(_REQUEST_FIRST.match(text, m.end()) for m in _SENTENCE.finditer(text))

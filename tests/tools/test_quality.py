@@ -133,6 +133,13 @@ def test_loss_is_the_mean_next_token_loss_of_the_content_tokens(subject, encoder
         ("When we are faced with very hard decisions, often there is no clear answer.", False),
         ("what did nietzsche mean by god is dead", True),
         ("How do I fix the error my build prints", True),
+        # an assistant's reply, not a user's message, even with a question at its end
+        ("I'm sorry, but I can't assist with that request. Can I help you with something else?", False),
+        ("As an AI language model, I cannot give medical advice. Would you like general tips?", False),
+        ("Sure! Here is a short poem about the sea. Do you want another one?", False),
+        ("Certainly, here's how to bake bread: mix flour and water. Anything else?", False),
+        ("I'm sorry to bother you, but can you explain how compound interest works?", True),
+        ("Sure, why not: what is the tallest mountain in Africa?", True),
     ],
 )
 def test_request_signal(text: str, asks: bool) -> None:
