@@ -200,10 +200,13 @@ def echo_snippet(body: dict[str, Any]) -> Reply:
     target in the anchor) as the positive, a fixed unrelated text as the negative. It makes
     runs on the fake endpoint accept samples through the real SAE."""
     user = next(m["content"] for m in body["messages"] if m["role"] == "user")
-    lines = user.split("Snippets (the words to use are marked <<like this>>):\n", 1)[1].splitlines()
+    marker = next(m for m in ("Snippets (the words to use are marked <<like this>>):\n",  # paper
+                              "Where the theme shows in other texts (its key words marked <<like this>>):\n")  # agent
+                  if m in user)
+    lines = user.split(marker, 1)[1].splitlines()
     snippet = lines[0].split(". ", 1)[1].replace("<<", "").replace(">>", "")
     keys = [k for k in body.get("response_format", {}).get("json_schema", {}).get("schema", {}).get("properties", {})]
-    positive, negative = (keys + ["sample_using_the_marked_words", "similar_sample_without_them"])[:2]
+    positive, negative = (keys + ["new_sample", "contrast_sample"])[:2]
     if "first_sample" in positive:  # the paper strategy's two samples
         return Reply(content=json.dumps({positive: f"{snippet} today", negative: f"Tell me: {snippet}"}))
     other = NEGATIVES[next(_calls) % len(NEGATIVES)]  # a new natural text each call: never a copy of the last

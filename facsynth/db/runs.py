@@ -385,7 +385,8 @@ class Runs:
 
         An accepted verdict adds a sample (unless its normalized text is a sample of the
         run already) and credits every feature of the run it fires that is not covered
-        yet; one with ``min_new`` (a negative) joins only when it credits that many. Then the
+        yet; one with ``min_new`` (a negative, or a positive that missed its target) joins only
+        when it credits that many, keeping its verdict (a missed target stays ``rejected``). Then the
         target becomes ``covered`` when it is, else ``exhausted`` (with
         ``exhausted_reason``), else stays ``in_progress`` (``pending`` with ``release``).
         Returns the features this call covered.
@@ -419,7 +420,7 @@ class Runs:
                     if not v.min_new:
                         row.verdict, row.reason = "duplicate", f"same text as accepted sample {exists}"
                         row.reason_code = "duplicate"
-                    else:
+                    elif row.role == "negative":
                         row.reason_code = "example"
                     continue
                 fires = [int(f) for f in v.fires]
@@ -433,8 +434,10 @@ class Runs:
                     )
                 ) if fires else []
                 if len(credited) < v.min_new:
-                    row.reason_code = "example"  # a valid negative that adds too little: contrast only
+                    if row.role == "negative":
+                        row.reason_code = "example"  # a valid negative that adds too little: contrast only
                     continue
+                row.reason_code = "joined"
                 sample = RunSample(
                     run_id=run_id, candidate_id=row.id, feature_id=feature, text_hash=row.text_hash,
                     activation=float(v.target_act), covered="[]", created_at=now,

@@ -33,6 +33,9 @@ from facsynth.tools.verifier import span_text, text_hash
 
 log = logging.getLogger(__name__)
 
+AGENT_EXAMPLES = 2
+"""Seed samples each agent prompt shows, for the task's format and register."""
+
 
 @dataclass
 class _Job:
@@ -66,6 +69,7 @@ def build_request(res: Resources, cfg: RunConfig, feature: int, attempt: int, st
     req = GenerationRequest(
         feature=feature, step=step, strategy=cfg.strategy, task=res.task, explanation=res.explanation(feature),
         spans=spans, threshold=res.threshold, style=list(style), request=requests,
+        examples=res.seed_examples(feature, n=AGENT_EXAMPLES) if cfg.strategy == "agent" else [],
     )
     if step == 2:
         usable = [c for c in history if not (c.reason or "").startswith("quality:")]  # no echo or stub as an example
@@ -114,7 +118,7 @@ def feedback(history: list[Candidate], attempt: int, threshold: float) -> list[s
         elif c.verdict == "rejected":
             lines.append(
                 f"the positive reached only {act:.1f} (needs more than {threshold:.1f}){where}; "
-                "put the snippets' marked words at the centre of the sample, verbatim"
+                "make the theme central and use its key words verbatim, as a natural part of the sample"
             )
     return lines or ["try a different wording"]
 

@@ -80,7 +80,12 @@ def planner(state: SynthState, runtime: Runtime[RunContext]) -> SynthState:
     ]
     if restored:
         runs.set_feature_status(run.id, restored, "pending", only_from=("excluded",))
-    if excluded_now or restored:
+    # covered while excluded, exclusion undone since: a plain covered feature again
+    unmarked = [f.feature for f in features if f.status == "covered" and f.reason == EXCLUDED_BY_USER
+                and f.feature not in steer.exclude]
+    if unmarked:
+        runs.set_feature_status(run.id, unmarked, "covered", only_from=("covered",))
+    if excluded_now or restored or unmarked:
         features = runs.features(run.id)
     fresh = not retries_pay(*runs.yields(run.id))
     pick = choose(features, cfg.batch, strategy=cfg.strategy, focus=steer.focus, exclude=steer.exclude, prefer_fresh=fresh)

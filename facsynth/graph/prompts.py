@@ -4,7 +4,8 @@ Step 1 (no pair yet) shows the target's explanation and the spans where it fires
 Step 2 adds the contrastive pair, as in the paper: the strongest and the weakest example
 so far, each with its activating span and score, and the rule "if the strong score is
 high, reuse its activating phrase verbatim, else paraphrase it". The agent strategy adds
-the verifier's feedback on the last attempt and the run's style directives; the paper
+two seed samples (for the format and register, as the unguided baseline has them), the
+verifier's feedback on the last attempt and the run's style directives; the paper
 strategy asks for two samples and gets no feedback. The unguided baseline shows no
 feature at all: a few seed examples and "write two new samples like these" (self-instruct).
 """
@@ -55,13 +56,14 @@ def _reply(name: str, fields: tuple[str, ...], labels: tuple[str, ...] | None) -
     return create_model(name, __validators__=validators, **spec)
 
 
-POSITIVE = "sample_using_the_marked_words"
-NEGATIVE = "similar_sample_without_them"
+POSITIVE = "new_sample"
+NEGATIVE = "contrast_sample"
 FIRST, SECOND = "first_sample_using_the_marked_words", "second_sample_using_them_differently"
 """Reply keys: descriptive, because a small model writes what the key says."""
 NEW_FIRST, NEW_SECOND = "first_new_sample", "second_new_sample"
 """The unguided strategy's reply keys."""
-REPLY_ECHOES = (POSITIVE, NEGATIVE, FIRST, SECOND, NEW_FIRST, NEW_SECOND, "ContrastivePair", "TwoSamples", "TwoNewSamples")
+REPLY_ECHOES = (POSITIVE, NEGATIVE, FIRST, SECOND, NEW_FIRST, NEW_SECOND, "ContrastivePair", "TwoSamples", "TwoNewSamples",
+                "sample_using_the_marked_words", "similar_sample_without_them")
 """Texts that only repeat the reply format: a candidate equal to one is no sample."""
 
 
@@ -117,17 +119,33 @@ class GenerationRequest:
     feedback: list[str] = field(default_factory=list)
     style: list[str] = field(default_factory=list)
     examples: list[tuple[str, str | None]] = field(default_factory=list)
-    """Unguided strategy: seed samples (text, label) to write new ones like."""
+    """Seed samples (text, label): the unguided strategy writes new ones like them; the agent
+    shows them for the format and register only."""
     request: bool = False
     """The run's quality rule asks for requests (its anchor is made of them): the prompt says so."""
 
 
+def _examples_block(req: GenerationRequest, labels: tuple[str, ...] | None, header: str) -> list[str]:
+    if not req.examples:
+        return []
+    lines = [header]
+    lines += [f"{i}. {t!r}" + (f" (label: {lab})" if lab and labels else "") for i, (t, lab) in enumerate(req.examples, 1)]
+    return lines
+
+
 def _feature_block(req: GenerationRequest) -> list[str]:
     lines = []
+    if req.strategy == "paper":  # the paper's wording
+        if req.explanation:
+            lines.append(f"Theme: {req.explanation}")
+        if req.spans:
+            lines.append("Snippets (the words to use are marked <<like this>>):")
+            lines += [f"{i}. {s}" for i, s in enumerate(req.spans, 1)]
+        return lines
     if req.explanation:
-        lines.append(f"Theme: {req.explanation}")
+        lines.append(f"Theme to bring in: {req.explanation}")
     if req.spans:
-        lines.append("Snippets (the words to use are marked <<like this>>):")
+        lines.append("Where the theme shows in other texts (its key words marked <<like this>>):")
         lines += [f"{i}. {s}" for i, s in enumerate(req.spans, 1)]
     return lines
 
@@ -160,10 +178,11 @@ def render(req: GenerationRequest) -> list[tuple[str, str]]:
         lines.append(f"Label each sample with one of: {', '.join(labels)}.")
     lines.append("")
     if req.strategy == "unguided":
-        lines.append("Examples of the data:")
-        lines += [f"{i}. {t!r}" + (f" (label: {lab})" if lab and labels else "") for i, (t, lab) in enumerate(req.examples, 1)]
+        lines += _examples_block(req, labels, "Examples of the data:")
     else:
-        lines += _feature_block(req)
+        block = [] if req.strategy == "paper" else _examples_block(
+            req, labels, "Examples of the data (match their format and register, not their subjects):")
+        lines += block + ([""] if block else []) + _feature_block(req)
     if req.step == 2:
         lines.append("")
         lines += _pair_block(req)
@@ -184,8 +203,9 @@ def render(req: GenerationRequest) -> list[tuple[str, str]]:
         fields = [(FIRST, "a new sample in the sample format that contains the marked words"),
                   (SECOND, "another, different sample in the sample format that contains them too")]
     else:
-        fields = [(POSITIVE, "a new sample in the sample format, on a new subject, that contains the marked words"),
-                  (NEGATIVE, "a sample on the same subject, in the same style, that does not contain them")]
+        fields = [(POSITIVE, "a new sample in the sample format, on a subject of its own, in which the theme comes up "
+                             "naturally (use its key words where they fit)"),
+                  (NEGATIVE, "a sample on the same subject and in the same format that leaves the theme and its key words out")]
     for key, what in fields:
         lines.append(f'- "{key}": {what};')
         if labels:

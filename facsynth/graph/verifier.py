@@ -6,7 +6,8 @@ anchor's topic and a request, with thresholds calibrated on the anchor; then, wh
 asks for it, an LLM judge's Yes/No). A positive (or a paper-strategy sample) is accepted when the target's
 activation exceeds the run's threshold and it is neither an exact nor a near duplicate of
 the seed or of an accepted sample; it becomes a sample of the run and covers every missing
-feature it fires (:meth:`facsynth.db.runs.Runs.settle`, one transaction). A negative is
+feature it fires (:meth:`facsynth.db.runs.Runs.settle`, one transaction); an agent's usable
+positive that misses its target joins on the same terms as a negative. A negative is
 accepted when the target stays at or below the threshold; it joins the samples too when it
 fires at least ``negative_min_new`` missing features nothing covers yet (a natural sample
 on the target's topic, and the contrast to its positive). A feature that is still missing goes back to the generator
@@ -46,13 +47,16 @@ log = logging.getLogger(__name__)
 def judge(
     c: Candidate, r: Reading, *, threshold: float, delta: float, adds: bool, duplicate: str | None,
     problem: Problem | None = None, negative_min_new: int = 3, checks: dict[str, Any] | None = None,
-    needs_target: bool = True,
+    needs_target: bool = True, miss_min_new: int = 0,
 ) -> Verdict:
     """The verdict on one candidate (pure). ``problem``: why it is no usable sample at all
     (text, model or LLM-judge check, :mod:`facsynth.tools.quality`), for positives and
     negatives alike; ``negative_min_new``: missing features an accepted negative must cover
     to join the data (0: negatives never join); ``checks``: the signals, stored with it;
-    ``needs_target``: False for the unguided baseline, whose samples target no feature."""
+    ``needs_target``: False for the unguided baseline, whose samples target no feature;
+    ``miss_min_new``: a usable positive that misses its target still joins the data when it
+    covers this many missing features (0: never; the agent uses ``negative_min_new``), while
+    its target goes back to the generator as rejected."""
     act = r.target_act
     common = {
         "candidate_id": c.id, "target_act": act, "span": r.span, "feature_ids": r.features.feature_ids,
@@ -73,8 +77,10 @@ def judge(
         return Verdict(**common, verdict="accepted", reason="unguided sample: a usable sample of the task", accept=adds,
                        code="joined" if adds else "example")
     if act <= threshold:
-        return Verdict(**common, verdict="rejected", reason=f"target reached {act:.2f}, needs > {threshold:g}",
-                       code="target_not_fired")
+        joins = miss_min_new > 0 and adds and duplicate is None
+        return Verdict(**common, verdict="rejected", reason=f"target reached {act:.2f}, needs > {threshold:g}"
+                       + (f" (joins if it covers {miss_min_new}+ missing features)" if joins else ""),
+                       code="target_not_fired", accept=joins, min_new=max(miss_min_new, 1))
     if duplicate is not None:
         return Verdict(**common, verdict="duplicate", reason=duplicate, code="duplicate")
     return Verdict(**common, verdict="accepted", reason=f"target fires: {act:.2f} > {threshold:g}", accept=adds,
@@ -109,7 +115,8 @@ def _judge_all(res: Resources, cfg: RunConfig, pairs: list[tuple[Candidate, Read
     def decide() -> list[Verdict]:
         return [
             judge(c, r, threshold=res.threshold, delta=res.delta, adds=a, duplicate=d, problem=p,
-                  negative_min_new=cfg.negative_min_new, checks=k, needs_target=cfg.strategy != "unguided")
+                  negative_min_new=cfg.negative_min_new, checks=k, needs_target=cfg.strategy != "unguided",
+                  miss_min_new=cfg.negative_min_new if cfg.strategy == "agent" else 0)
             for (c, r), a, d, p, k in zip(pairs, adds, dup, problems, checks)
         ]
 

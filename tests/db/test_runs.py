@@ -122,6 +122,25 @@ def test_a_negative_joins_only_with_enough_new_coverage(store: Store) -> None:
     assert runs.sample_ids(run_id, [pos.id, neg.id, neg2.id]) == {neg2.id: runs.samples(run_id)[0].id}
 
 
+def test_a_positive_that_missed_its_target_joins_only_with_enough_new_coverage(store: Store) -> None:
+    runs, run_id = _run(store)
+    runs.set_feature_status(run_id, [1, 2], "in_progress")
+    [few] = runs.add_candidates(run_id, 1, 1, _cands(1, 1, ["misses one, adds two"]))
+    miss = _verdict(few, "rejected", 5.0, [3, 4], accept=True)
+    miss.min_new, miss.code = 3, "target_not_fired"
+    assert runs.settle(run_id, 1, [miss]) == []
+    [c] = runs.candidates(run_id, 1)
+    assert (c.verdict, c.code) == ("rejected", "target_not_fired") and runs.feature(run_id, 1).status == "in_progress"
+    [many] = runs.add_candidates(run_id, 2, 1, _cands(2, 1, ["misses two, adds three"]))
+    miss = _verdict(many, "rejected", 5.0, [1, 3, 4], accept=True)
+    miss.min_new, miss.code = 3, "target_not_fired"
+    assert runs.settle(run_id, 2, [miss]) == [1, 3, 4]
+    [c] = runs.candidates(run_id, 2)
+    assert (c.verdict, c.code) == ("rejected", "joined")
+    assert runs.feature(run_id, 2).status == "in_progress"  # its own target still wants a retry
+    assert runs.summary(run_id).samples == 1
+
+
 def test_settle_is_all_or_nothing(store: Store) -> None:
     runs, run_id = _run(store)
     other_runs, other_id = _run(store, "r2")

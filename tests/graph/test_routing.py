@@ -16,6 +16,7 @@ from facsynth.graph.planner import choose
 from facsynth.graph.routing import after_planner, after_verifier
 from facsynth.graph.verifier import judge
 from facsynth.tools.activations import SampleFeatures
+from facsynth.tools.quality import Problem
 from facsynth.tools.verifier import Reading
 
 NOW = datetime.now(timezone.utc)
@@ -68,6 +69,19 @@ def test_positive_is_accepted_only_above_the_threshold_and_not_as_a_copy() -> No
     assert "needs > 12" in low.reason
     dup = judge(cand("positive"), reading(30.0, [1]), threshold=12.0, delta=12.0, adds=True, duplicate="exact duplicate of seed sample 3")
     assert (dup.verdict, dup.accept, dup.reason) == ("duplicate", False, "exact duplicate of seed sample 3")
+
+
+def test_an_agents_usable_positive_that_misses_its_target_joins_on_a_negatives_terms() -> None:
+    miss = judge(cand("positive"), reading(5.0, [8, 9, 10]), threshold=12.0, delta=4.0, adds=True, duplicate=None,
+                 miss_min_new=3)
+    assert (miss.verdict, miss.code, miss.accept, miss.min_new) == ("rejected", "target_not_fired", True, 3)
+    assert "joins if it covers 3+" in miss.reason
+    copy = judge(cand("positive"), reading(5.0, [8]), threshold=12.0, delta=4.0, adds=True, duplicate="near duplicate",
+                 miss_min_new=3)
+    assert copy.accept is False
+    junk = judge(cand("positive"), reading(5.0, [8, 9, 10]), threshold=12.0, delta=4.0, adds=True, duplicate=None,
+                 miss_min_new=3, problem=Problem("not_fluent", "not fluent"))
+    assert (junk.code, junk.accept) == ("not_fluent", False)
 
 
 def test_negative_is_accepted_when_the_target_stays_below_and_joins_only_with_new_coverage() -> None:
