@@ -2,6 +2,7 @@
 track the gain better than text metrics?
 
     python bench/proof.py [--seed-size 6] [--draws 3] [--calls 16] [--writer NAME] [--task sms-spam]
+                          [--relevance anchor|contrast]
 
 Setup: the shipped labelled set (``facsynth/data/sms_spam``: real SMS, spam/ham). For each
 draw, a small real seed of ``--seed-size`` messages (class-stratified, rng = draw) is the
@@ -44,7 +45,10 @@ sys.path.insert(0, str(ROOT))
 import facsynth  # noqa: E402
 from facsynth.agent.llm import open_client  # noqa: E402
 from facsynth.db import Store  # noqa: E402
+from facsynth.agent.tasks import resolve_task  # noqa: E402
+from facsynth.db.catalog import Catalog  # noqa: E402
 from facsynth.db.export import records  # noqa: E402
+from facsynth.tools.relevance import contrast_relevance  # noqa: E402
 from facsynth.graph.config import RunConfig  # noqa: E402
 from facsynth.tools.datasets import Dataset, Sample, load_dataset  # noqa: E402
 from facsynth.tools.downstream import EvalConfig  # noqa: E402
@@ -81,6 +85,17 @@ def pearson(x: list[float], y: list[float]) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Mean of paired per-draw differences with its t interval (nan with fewer than 2 draws)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    if v.size < 2:
+        return float("nan"), float("nan")
+    half = float(stats.t.ppf((1 + confidence) / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+    return float(v.mean() - half), float(v.mean() + half)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT / "facsynth" / "data" / "sms_spam"))
@@ -90,6 +105,11 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=16, help="generator calls per arm and draw")
     ap.add_argument("--writer", default=None, help="a local writer (facsynth.agent.writers) instead of SmolLM2-135M")
     ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--relevance", choices=("anchor", "contrast"), default="anchor",
+                    help="F: every feature active on the anchor, or those whose activation separates the anchor's "
+                    "positive class from the rest (AUROC >= --auroc; facsynth features relevance --method contrast)")
+    ap.add_argument("--auroc", type=float, default=0.7)
+    ap.add_argument("--positive", default="spam", help="the positive label (contrast relevance and AUPRC)")
     args = ap.parse_args()
     data = Path(args.data)
     test, anchor = data / "test.jsonl", data / "anchor.jsonl"
@@ -100,6 +120,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="facsynth-proof-") as tmp_name, Store(f"sqlite:///{tmp_name}/proof.db") as store:
         tmp = Path(tmp_name)
         reader = Reader(store=store)
+        if args.relevance == "contrast":
+            resolve_task(Catalog(store), args.task)
+            rel = contrast_relevance(reader, load_dataset(anchor), args.task, threshold=args.auroc, positive=[args.positive])
+            print(f"F by contrast on the anchor: {len(rel.selected)} features with AUROC >= {args.auroc:g} "
+                  f"({rel.n_positive} {args.positive} vs {rel.n_other} other; {rel.by_chance} with shuffled labels)", flush=True)
         llm = {"temperature": 0.8, "top_p": 0.9, "max_tokens": 320, "max_concurrency": 2, "server": {"instances": 2}}
         if args.writer:
             llm |= {"model": args.writer, "server": {"instances": 2, "gguf": args.writer}}
@@ -122,7 +147,7 @@ def main() -> None:
                     continue
                 files = {arm: write_jsonl(tmp / f"{arm}-{draw}.jsonl", rows[:size]) for arm, rows in sets.items()}
                 ev = facsynth.evaluate(seed_file, test, add=list(files.values()), model=reader.subject,
-                                       config=EvalConfig(bootstrap=args.bootstrap, rng_seed=draw))
+                                       config=EvalConfig(bootstrap=args.bootstrap, rng_seed=draw, positive=[args.positive]))
                 gains = {arm.name: arm.auprc_gain for arm in ev.arms if arm.auprc_gain is not None}
                 seed_auprc = next(a.auprc.value for a in ev.arms if a.name == "seed")
                 for arm, path in files.items():
@@ -151,9 +176,13 @@ def main() -> None:
             print(f"{arm}_mean_gain={np.mean([p['gain'] for p in mine]):.4f}")
             print(f"{arm}_mean_fac_grown={np.mean([p['fac_grown'] for p in mine]):.4f}")
             print(f"{arm}_mean_n={np.mean([p['n'] for p in mine]):.1f}")
-    diffs = [a["gain"] - u["gain"] for a in points for u in points if a["arm"] == "agent" and u["arm"] == "unguided" and a["draw"] == u["draw"]]
-    if diffs:
-        print(f"agent_minus_unguided_gain={np.mean(diffs):.4f}")
+    for guided in ("agent", "paper"):
+        diffs = [a["gain"] - u["gain"] for a in points for u in points
+                 if a["arm"] == guided and u["arm"] == "unguided" and a["draw"] == u["draw"]]
+        if diffs:
+            low, high = t_interval(diffs)
+            print(f"{guided}_minus_unguided_gain={np.mean(diffs):.4f}")
+            print(f"{guided}_minus_unguided_ci95=[{low:.4f}, {high:.4f}]  # t interval over {len(diffs)} draws")
     gains = [float(p["gain"]) for p in points]
     for metric in ("fac_grown", "fac_set", "distinct_2", "self_bleu", "cosine_distance"):
         print(f"pearson_gain_{metric}={pearson([float(p[metric]) for p in points], gains):.3f}")

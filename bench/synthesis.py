@@ -72,10 +72,14 @@ def main() -> None:
     ap.add_argument("--anchor", default=str(DEMO / "anchor.jsonl"))
     ap.add_argument("--task", default="instruction-following")
     ap.add_argument("--writer", default=None, help="a local writer (facsynth.agent.writers) instead of SmolLM2-135M")
+    ap.add_argument("--strategies", default="agent,paper,unguided", help="comma-separated subset to run")
+    ap.add_argument("--keep", default=None, help="keep the store in this SQLite file (to read the samples afterwards)")
     args = ap.parse_args()
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
 
     rows: dict[str, dict[str, object]] = {}
-    with tempfile.TemporaryDirectory(prefix="facsynth-bench-") as tmp, Store(f"sqlite:///{tmp}/bench.db") as store:
+    with tempfile.TemporaryDirectory(prefix="facsynth-bench-") as tmp, \
+            Store(f"sqlite:///{args.keep or tmp + '/bench.db'}") as store:
         reader = Reader(store=store)
         base = {
             "task": args.task, "seed": args.seed, "anchor": args.anchor, "target_fac": 1.0, "batch": args.batch,
@@ -84,8 +88,8 @@ def main() -> None:
                     "server": {"instances": args.batch, "gguf": args.writer},
                     **({"model": args.writer} if args.writer else {})},
         }
-        cfgs = {s: RunConfig.model_validate({**base, "strategy": s}) for s in ("agent", "paper", "unguided")}
-        with open_client(cfgs["agent"].llm, store=store) as client:
+        cfgs = {s: RunConfig.model_validate({**base, "strategy": s}) for s in strategies}
+        with open_client(cfgs[strategies[0]].llm, store=store) as client:
             for strategy, cfg in cfgs.items():
                 started = time.monotonic()
                 run, _ = prepare_run(cfg, strategy, store, reader)
@@ -116,13 +120,12 @@ def main() -> None:
               f"{pct(r['fac_half']):>8} {pct(r['fac_full']):>8} {pct(r['acc1']):>9} {pct(r['acc2']):>9} {r['seconds']:>7.0f}")
     print()
     print(f"{'quality':8} " + " ".join(f"{k:>9}" for k in ("fluent", "on_topic", "request", "all")))
-    anchor_q = rows["agent"]["anchor_quality"]
+    anchor_q = rows[strategies[0]]["anchor_quality"]
     print(f"{'anchor':8} " + " ".join(f"{pct(anchor_q.get(k)):>9}" for k in ("fluent", "on_topic", "request", "all")))
     for s, r in rows.items():
         print(f"{s:8} " + " ".join(f"{pct(r['quality'].get(k)):>9}" for k in ("fluent", "on_topic", "request", "all")))
-    a, p, u = rows["agent"], rows["paper"], rows["unguided"]
     print(f"budget_calls={args.calls}")
-    print(f"missing_features={a['missing']}")
+    print(f"missing_features={rows[strategies[0]]['missing']}")
     for s, r in rows.items():
         print(f"{s}_calls={r['calls']}")
         print(f"{s}_covered={r['covered']}")
@@ -135,11 +138,11 @@ def main() -> None:
         for step in (1, 2):
             acc = r[f"acc{step}"]
             print(f"{s}_acceptance_step{step}={'nan' if acc is None else f'{float(acc):.3f}'}")
-    ratio = float(a["per100"]) / float(p["per100"]) if float(p["per100"]) > 0 else float("inf")
-    print(f"fac_seed={float(a['fac_before']):.4f}")
-    print(f"covered_per_call_ratio={ratio:.2f}")
-    vs_u = float(a["per100"]) / float(u["per100"]) if float(u["per100"]) > 0 else float("inf")
-    print(f"covered_per_call_vs_unguided={vs_u:.2f}")
+    print(f"fac_seed={float(rows[strategies[0]]['fac_before']):.4f}")
+    for name, other in (("covered_per_call_ratio", "paper"), ("covered_per_call_vs_unguided", "unguided")):
+        if "agent" in rows and other in rows:
+            a, o = float(rows["agent"]["per100"]), float(rows[other]["per100"])
+            print(f"{name}={a / o if o > 0 else float('inf'):.2f}")
 
 
 if __name__ == "__main__":

@@ -203,8 +203,8 @@ def render(req: GenerationRequest) -> list[tuple[str, str]]:
         fields = [(FIRST, "a new sample in the sample format that contains the marked words"),
                   (SECOND, "another, different sample in the sample format that contains them too")]
     else:
-        fields = [(POSITIVE, "a new sample in the sample format, on a subject of its own, in which the theme comes up "
-                             "naturally (use its key words where they fit)"),
+        fields = [(POSITIVE, "a new sample in the sample format, on a subject of its own, built around the theme: "
+                             "use its marked key words verbatim, as a natural part of the sample"),
                   (NEGATIVE, "a sample on the same subject and in the same format that leaves the theme and its key words out")]
     for key, what in fields:
         lines.append(f'- "{key}": {what};')

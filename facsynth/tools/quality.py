@@ -97,7 +97,7 @@ _PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
 _SPACE = re.compile(r"\s+")
 
 META = re.compile(
-    r"\b(marked (?:words?|phrases?)|snippets?|(?:this|the|a|new|another|similar|same) (?:sample|example)s?|"
+    r"\b(marked (?:key )?(?:words?|phrases?)|(?:its|the theme's) key words?|(?:its|the) central theme|snippets?|(?:this|the|a|new|another|similar|same) (?:sample|example)s?|"
     r"without them|contains? them|same style|reply format|(?:the )?instructions? above|above instructions?|"
     r"my (?:next|previous|last) (?:response|reply|answer)|this formatting)\b",
     re.IGNORECASE,
@@ -184,7 +184,7 @@ def text_problem(sample: Sample, *, min_words: int, echoes: Iterable[str] = ()) 
 
 
 ASSISTANT_VOICE = re.compile(
-    r"\W*(?:(?:i'm|i am) sorry,? (?:but )?i (?:can't|cannot|can not|am unable|won't|am not able)|i apologi[sz]e|"
+    r"\W*(?:(?:i'm|i am) sorry,? (?:but )?i (?:can't|cannot|can not|am unable|won't|am not able|don't|do not)|i apologi[sz]e|"
     r"as an ai\b|(?:sure|certainly|of course|absolutely)\s*[!,.]\s*(?:here(?:'s| is| are)|below is|i(?:'d| would| can| will)))",
     re.IGNORECASE,
 )

@@ -135,6 +135,7 @@ def test_loss_is_the_mean_next_token_loss_of_the_content_tokens(subject, encoder
         ("How do I fix the error my build prints", True),
         # an assistant's reply, not a user's message, even with a question at its end
         ("I'm sorry, but I can't assist with that request. Can I help you with something else?", False),
+        ("I'm sorry, but I don't have any information about what to focus on first. Can you provide more context?", False),
         ("As an AI language model, I cannot give medical advice. Would you like general tips?", False),
         ("Sure! Here is a short poem about the sea. Do you want another one?", False),
         ("Certainly, here's how to bake bread: mix flour and water. Anything else?", False),
