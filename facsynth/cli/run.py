@@ -151,6 +151,11 @@ def _print_report(rep: Any) -> None:
         t.add_row("quality: anchor", rates(q.anchor))
         t.add_row("quality: seed", rates(q.seed))
         t.add_row("quality: joined", rates(q.joined))
+        if q.label:
+            t.add_row("label check", (
+                f"probe on the anchor's labels ({q.label['labels']}; {q.label['n']} samples, cross-validated accuracy "
+                f"{float(q.label['cv_accuracy']):.0%}): a label needs p >= {float(q.label['min_prob']):.2f}; "
+                f"the anchor's own labels pass {float(q.label['anchor_pass']):.0%}"))
         if q.judged:
             t.add_row("LLM judge", "  ".join(f"{k} {v}" for k, v in sorted(q.judged.items())))
     t.add_row("LLM", f"{rep.llm_calls} generator calls, {rep.tokens} tokens, {rep.elapsed_s:.0f} s")

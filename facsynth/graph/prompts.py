@@ -147,6 +147,7 @@ def _feature_block(req: GenerationRequest) -> list[str]:
     if req.spans:
         lines.append("Where the theme shows in other texts (its key words marked <<like this>>):")
         lines += [f"{i}. {s}" for i, s in enumerate(req.spans, 1)]
+        lines.append("The << >> marks only point the key words out to you: never write them.")
     return lines
 
 
@@ -181,7 +182,7 @@ def render(req: GenerationRequest) -> list[tuple[str, str]]:
         lines += _examples_block(req, labels, "Examples of the data:")
     else:
         block = [] if req.strategy == "paper" else _examples_block(
-            req, labels, "Examples of the data (match their format and register, not their subjects):")
+            req, labels, "Examples of the data (match their format and register; never copy them):")
         lines += block + ([""] if block else []) + _feature_block(req)
     if req.step == 2:
         lines.append("")

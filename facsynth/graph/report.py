@@ -37,6 +37,9 @@ class QualityFigures(BaseModel):
     joined: dict[str, float]
     judged: dict[str, int]
     """LLM judge outcomes on the run's candidates (``Yes``, ``No``, ``failed``); empty when off."""
+    label: dict[str, float | int | str] | None = None
+    """The label check of a labelled task (its labels, ``min_prob``, ``cv_accuracy``,
+    ``anchor_pass``); None when the run has none."""
 
 
 class CoverageReport(BaseModel):
@@ -107,9 +110,13 @@ def _quality(runs: Runs, run_id: int, config: dict, samples: list) -> QualityFig
     for c in runs.candidates(run_id):
         if c.checks and "judge" in c.checks:
             judged[c.checks["judge"]] = judged.get(c.checks["judge"], 0) + 1
-    thresholds = cal.model_dump(exclude={"anchor", "seed"})
+    thresholds = cal.model_dump(exclude={"anchor", "seed", "label"})
+    label = None
+    if cal.label is not None:
+        label = {"labels": ", ".join(cal.label.labels), "min_prob": cal.label.min_prob,
+                 "cv_accuracy": cal.label.cv_accuracy, "anchor_pass": cal.label.anchor_pass, "n": cal.label.n}
     return QualityFigures(thresholds=thresholds, anchor=cal.anchor, seed=cal.seed, joined=pass_rates(signals, cal),
-                          judged=judged)
+                          judged=judged, label=label)
 
 
 def plot_curve(report: CoverageReport, out: str | Path, target: float | None = None) -> Path:

@@ -34,6 +34,7 @@ from facsynth.errors import InputError, StoreError
 from facsynth.graph.config import RunConfig, check_run_name
 from facsynth.graph.context import RunContext, open_resources
 from facsynth.graph.graph import build_graph
+from facsynth.graph.prompts import task_labels
 from facsynth.tools.datasets import Dataset, load_dataset
 from facsynth.tools.measure import Reader
 from facsynth.tools.quality import calibrate_on
@@ -128,7 +129,8 @@ def prepare_run(cfg: RunConfig, name: str | None, store: Store, reader: Reader |
     if before_create is not None:
         before_create()
     seed_id = store.register_dataset(seed.name, seed.source, [(s.sample_hash, s.payload) for s in seed])
-    quality = calibrate_on(reader, anchor, seed, pass_rate=cfg.quality_pass) if cfg.quality else None
+    quality = (calibrate_on(reader, anchor, seed, pass_rate=cfg.quality_pass, labelled=task_labels(task) is not None)
+               if cfg.quality else None)
     payload = {
         "config": cfg.model_dump(mode="json"),
         "setup": {

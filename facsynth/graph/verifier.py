@@ -2,7 +2,8 @@
 
 A candidate that is no usable sample of the task is rejected whatever it fires, positive
 or negative alike: the rule of :mod:`facsynth.tools.quality` (text checks; fluent, on the
-anchor's topic and a request, with thresholds calibrated on the anchor; then, when the run
+anchor's topic and a request, with thresholds calibrated on the anchor; on a labelled task a
+label the anchor-trained probe finds unlikely; then, when the run
 asks for it, an LLM judge's Yes/No). A positive (or a paper-strategy sample) is accepted when the target's
 activation exceeds the run's threshold and it is neither an exact nor a near duplicate of
 the seed or of an accepted sample; it becomes a sample of the run and covers every missing
@@ -38,7 +39,15 @@ from facsynth.graph.context import Resources, RunContext, resources
 from facsynth.graph.state import SynthState
 from facsynth.graph.prompts import REPLY_ECHOES, task_sample_format
 from facsynth.tools.datasets import Sample
-from facsynth.tools.quality import JudgeReply, Problem, judge_messages, model_problem, read_signals, text_problem
+from facsynth.tools.quality import (
+    JudgeReply,
+    Problem,
+    judge_messages,
+    label_problem,
+    model_problem,
+    read_signals,
+    text_problem,
+)
 from facsynth.tools.verifier import Reading
 
 log = logging.getLogger(__name__)
@@ -109,6 +118,9 @@ def _judge_all(res: Resources, cfg: RunConfig, pairs: list[tuple[Candidate, Read
         for i, sig in zip(todo, signals):
             checks[i] = sig.as_dict()
             problems[i] = model_problem(sig, cal)
+            if problems[i] is None and cal.label is not None:  # a labelled task: the label must fit the text
+                problems[i], prob = label_problem(pairs[i][1].features.pooled, pairs[i][0].label, cal.label)
+                checks[i]["label_prob"] = round(prob, 4)
     adds = [cfg.strategy != "paper" or c.step == 2 for c, _ in pairs]  # paper: only step-2 samples join
     dup = [dups.check(c.text_hash, r.features) if p is None else None for (c, r), p in zip(pairs, problems)]
 

@@ -19,6 +19,11 @@ negatives alike:
   an assistant (:func:`is_request`: a question mark, a request verb first, or a request
   phrase such as "can you" or "help me").
 
+* **a right label** (a labelled task whose anchor has two or more labels): a logistic
+  regression on the anchor's pooled states (:class:`LabelProbe`) must give the candidate's
+  label at least ``min_prob``, the probability that ``pass_rate`` of the anchor's own labels
+  reach in cross-validation (at most 0.5: only a label the probe finds unlikely is refused).
+
 The thresholds are calibrated on the anchor itself (the seed when the run has no anchor),
 the distance read leave-one-out: each is the anchor's ``q`` quantile (``1 - q`` for the word
 share), with the smallest ``q >= pass_rate`` at which ``pass_rate`` (0.95) of the anchor
@@ -60,6 +65,7 @@ REASONS: dict[str, str] = {
     "not_fluent": "not fluent (model loss above the anchor's range)",
     "off_topic": "off topic (hidden state far from the anchor)",
     "not_a_request": "not a request a user would send an assistant",
+    "wrong_label": "its label disagrees with a probe trained on the anchor's labels",
     "judge_no": "the LLM judge said No",
     "duplicate": "duplicate of the seed or an accepted sample",
     "target_not_fired": "positive did not fire its target",
@@ -69,7 +75,8 @@ REASONS: dict[str, str] = {
 """Every verdict's reason code, with what a report shows for it. The vocabulary is fixed."""
 
 QUALITY_CODES = frozenset(
-    {"too_short", "echoes_format", "about_instructions", "placeholder", "not_fluent", "off_topic", "not_a_request", "judge_no"}
+    {"too_short", "echoes_format", "about_instructions", "placeholder", "not_fluent", "off_topic", "not_a_request",
+     "wrong_label", "judge_no"}
 )
 """Codes of a candidate that is no usable sample, whatever it fires."""
 
@@ -81,6 +88,7 @@ ADVICE: dict[str, str] = {
     "not_fluent": "write plain, fluent English sentences, no lists of codes, symbols or version numbers",
     "off_topic": "stay with everyday requests like the snippets' sources",
     "not_a_request": "write it as a question or an instruction a user sends an assistant ('How do I ...?', 'Write ...')",
+    "wrong_label": "give each sample the label that fits its text (or write a text that fits the label)",
     "judge_no": "write a natural request a user would send an assistant",
 }
 """What the generator is told after a rejection of each quality code."""
@@ -331,6 +339,97 @@ def read_signals(
     ]
 
 
+# --------------------------------------------------------------------------- the label check
+
+
+class LabelProbe(BaseModel):
+    """A logistic regression from pooled hidden states to the task's labels, fitted on the
+    anchor and stored (weights included) in the run's setup, so a resumed run checks labels
+    with the same numbers."""
+
+    labels: list[str]
+    """The classes, in the order of the weights (binary: the second is the positive one)."""
+    mean: list[float]
+    scale: list[float]
+    coef: list[list[float]]
+    intercept: list[float]
+    min_prob: float
+    """The probability of its own label a candidate needs."""
+    cv_accuracy: float
+    """Accuracy of the probe on the anchor, cross-validated."""
+    anchor_pass: float
+    """Share of the anchor whose own label passes (cross-validated)."""
+    n: int
+
+    def probs(self, pooled: np.ndarray) -> np.ndarray:
+        """Class probabilities, one row per pooled state, columns in :attr:`labels` order."""
+        x = (np.atleast_2d(np.asarray(pooled, dtype=np.float64)) - np.asarray(self.mean)) / np.asarray(self.scale)
+        z = x @ np.asarray(self.coef).T + np.asarray(self.intercept)
+        if z.shape[1] == 1:  # binary: one logit for the second class
+            z = np.hstack([np.zeros_like(z), z])
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def prob_of(self, pooled: np.ndarray, label: str | None) -> float:
+        """The probability of ``label`` (0 for a label the probe does not know)."""
+        key = _label_key(label)
+        keys = [_label_key(x) for x in self.labels]
+        if key not in keys:
+            return 0.0
+        return float(self.probs(pooled)[0, keys.index(key)])
+
+
+def _label_key(label: object) -> str:
+    return str(label).strip().casefold() if label is not None else ""
+
+
+LABEL_MIN_PER_CLASS = 3
+"""Anchor samples each label needs before the label check applies."""
+
+
+def fit_label_probe(pooled: np.ndarray, labels: Sequence[object], *, pass_rate: float, seed: int = 0) -> LabelProbe | None:
+    """The label check fitted on ``pooled``/``labels`` (the anchor), or None when it has fewer
+    than two labels with :data:`LABEL_MIN_PER_CLASS` samples each (rows without a label are left out)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    keep = [i for i, lab in enumerate(labels) if _label_key(lab)]
+    y_text = [str(labels[i]).strip() for i in keep]
+    classes = sorted({_label_key(v) for v in y_text})
+    counts = {c: sum(_label_key(v) == c for v in y_text) for c in classes}
+    if len(classes) < 2 or min(counts.values()) < LABEL_MIN_PER_CLASS:
+        return None
+    spelled = {_label_key(v): v for v in y_text}
+    y = np.array([classes.index(_label_key(v)) for v in y_text])
+    x = np.asarray(pooled, dtype=np.float64)[keep]
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    xs = (x - mean) / scale
+    clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000)
+    folds = StratifiedKFold(n_splits=min(5, min(counts.values())), shuffle=True, random_state=seed)
+    cv = cross_val_predict(clf, xs, y, cv=folds, method="predict_proba")
+    own = cv[np.arange(y.size), y]
+    min_prob = round(float(min(0.5, np.quantile(own, 1.0 - pass_rate))), 4)
+    clf.fit(xs, y)
+    return LabelProbe(
+        labels=[spelled[c] for c in classes], mean=mean.tolist(), scale=scale.tolist(), coef=clf.coef_.tolist(),
+        intercept=clf.intercept_.tolist(), min_prob=min_prob, cv_accuracy=round(float((cv.argmax(axis=1) == y).mean()), 4),
+        anchor_pass=round(float((own >= min_prob).mean()), 4), n=int(y.size),
+    )
+
+
+def label_problem(pooled: np.ndarray, label: str | None, probe: LabelProbe) -> tuple[Problem | None, float]:
+    """Whether ``label`` is a wrong label for a text read as ``pooled`` (pure), with its probability."""
+    p = probe.prob_of(pooled, label)
+    if p >= probe.min_prob:
+        return None, p
+    if _label_key(label) not in {_label_key(x) for x in probe.labels}:
+        return Problem("wrong_label", f"label {label!r} is none of {', '.join(probe.labels)}"), p
+    return Problem("wrong_label", f"label {label!r} looks wrong: the anchor-trained probe gives it {p:.2f} "
+                                  f"(needs {probe.min_prob:.2f})"), p
+
+
 # --------------------------------------------------------------------------- calibration
 
 
@@ -353,6 +452,8 @@ class Calibration(BaseModel):
     """Share of the anchor passing each check (and ``all``), the distance read leave-one-out."""
     seed: dict[str, float] = Field(default_factory=dict)
     """The same for the seed."""
+    label: LabelProbe | None = None
+    """The label check of a labelled task (None: no label check)."""
 
     @field_validator("max_loss", "min_words", "max_distance")
     @classmethod
@@ -403,14 +504,18 @@ def _pooled(reader: Reader, data: Dataset) -> tuple[list[Sample], list[np.ndarra
     return samples, pooled
 
 
-def calibrate_on(reader: Reader, anchor: Dataset | None, seed: Dataset, *, pass_rate: float, k: int = TOPIC_K) -> Calibration:
+def calibrate_on(reader: Reader, anchor: Dataset | None, seed: Dataset, *, pass_rate: float, k: int = TOPIC_K,
+                 labelled: bool = False) -> Calibration:
     """Calibrate the model checks on the anchor (the seed without one) and measure the share
-    of the anchor and the seed passing each, with the same reader the run verifies with."""
+    of the anchor and the seed passing each, with the same reader the run verifies with.
+    ``labelled``: the task's samples carry a label; fit the label check on the corpus's labels."""
     corpus, kind = (anchor, "anchor") if anchor is not None else (seed, "seed")
     samples, pooled = _pooled(reader, corpus)
     index = TopicIndex(np.stack(pooled), k=k)
     own = read_signals(reader.encoder, samples, pooled, index, distances=index.self_distances())
     cal = calibrate(own, pass_rate=pass_rate, k=index.k, corpus=kind)  # type: ignore[arg-type]
+    if labelled:
+        cal.label = fit_label_probe(np.stack(pooled), [s.meta.get("label") for s in samples], pass_rate=pass_rate)
     if anchor is not None:
         cal.anchor = pass_rates(own, cal)
         seed_samples, seed_pooled = _pooled(reader, seed)

@@ -192,3 +192,57 @@ def test_a_run_without_pooled_states_or_with_a_tiny_corpus_is_refused() -> None:
 
 def test_reasons_are_a_small_fixed_vocabulary() -> None:
     assert len(REASONS) <= 16 and all(code.isidentifier() for code in REASONS)
+
+
+@pytest.fixture(scope="module")
+def sms_probe(subject, default_sae, tmp_path_factory):
+    """The label check fitted on the shipped SMS anchor (100 spam, 100 ham), read once."""
+    from facsynth.tools.quality import calibrate_on
+
+    store = Store(f"sqlite:///{tmp_path_factory.mktemp('labels') / 'store.db'}")
+    reader = Reader(subject, default_sae, store=store)
+    anchor, seed = load_dataset(shipped("sms_spam", "anchor.jsonl")), load_dataset(shipped("sms_spam", "seed.jsonl"))
+    cal = calibrate_on(reader, anchor, seed, pass_rate=0.95, labelled=True)
+    yield reader, cal
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "right", "wrong"),
+    [
+        ("WINNER!! You have won a guaranteed £1000 cash prize. Call 09061701461 now to claim. T&Cs apply, 18+", "spam", "ham"),
+        ("URGENT! Your mobile number has been awarded a free holiday. Txt CLAIM to 81010 now, 150p/msg", "spam", "ham"),
+        ("Hey, are we still on for dinner tonight? I can pick you up at 7 if that works", "ham", "spam"),
+        ("Sorry I missed your call, was in the shower. Call you back in 10 mins ok", "ham", "spam"),
+    ],
+)
+def test_a_wrong_label_is_refused_and_the_right_one_passes_on_the_real_model(sms_probe, text: str, right: str, wrong: str) -> None:
+    from facsynth.tools.quality import label_problem
+
+    reader, cal = sms_probe
+    probe = cal.label
+    assert probe is not None and sorted(probe.labels) == ["ham", "spam"]
+    pooled = reader.encoder.encode_one(Sample(text=text)).pooled
+    ok, p_right = label_problem(pooled, right, probe)
+    bad, p_wrong = label_problem(pooled, wrong, probe)
+    assert ok is None and p_right > 0.5
+    assert bad is not None and bad.code == "wrong_label" and p_wrong < probe.min_prob
+    assert label_problem(pooled, "maybe", probe)[0].code == "wrong_label"  # a label outside the task's
+
+
+def test_the_label_check_lets_the_anchor_through_at_the_pass_rate_and_survives_a_round_trip(sms_probe) -> None:
+    _, cal = sms_probe
+    probe = cal.label
+    assert probe.cv_accuracy >= 0.85 and probe.anchor_pass >= 0.95 and 0.0 < probe.min_prob <= 0.5
+    again = Calibration.model_validate_json(cal.model_dump_json())  # as a resumed run reads it from its setup
+    x = np.ones(len(probe.mean))
+    assert again.label is not None and np.allclose(again.label.probs(x), probe.probs(x))
+
+
+def test_no_label_check_without_two_labels_with_enough_samples() -> None:
+    from facsynth.tools.quality import fit_label_probe
+
+    x = np.random.default_rng(0).normal(size=(8, 4))
+    assert fit_label_probe(x, ["spam"] * 8, pass_rate=0.95) is None
+    assert fit_label_probe(x, ["spam"] * 6 + ["ham"] * 2, pass_rate=0.95) is None
+    assert fit_label_probe(x, [None] * 8, pass_rate=0.95) is None
