@@ -13,8 +13,9 @@ or ``--writer``) and the same call budget produce three synthetic sets:
 - ``paper``: the authors' fixed two steps per feature;
 - ``unguided``: self-instruct from seed examples, no features.
 
-Every candidate passes the same quality rule. The three sets are cut to the same size (the
-smallest of the draw, in acceptance order) and keep only samples with a label. Then:
+Every candidate passes the same quality rule (on this labelled task: the label check too).
+Only samples with a label count; the agent and unguided sets are cut to their common size
+(in acceptance order), and the paper set joins the comparison when it has that many. Then:
 
 - downstream: ``facsynth.evaluate`` trains the head-only probe (logistic regression on
   frozen mean-pooled hidden states) on the seed alone and on seed + each set, scored on the
@@ -140,12 +141,15 @@ def main() -> None:
                                         **{k: v for k, v in base.items() if k != "llm"}, llm=llm)
                     rows = records(store, name)
                     sets[arm] = [(r["messages"][-1]["content"] if r["messages"] else "", r["label"]) for r in rows if r["label"]]
-                size = min(len(v) for v in sets.values())
+                # agent and unguided are compared at their common size; paper joins when it has that many
+                size = min(len(sets["agent"]), len(sets["unguided"]))
+                kept = {arm: rows for arm, rows in sets.items() if len(rows) >= size}
                 print(f"draw {draw}: usable labelled samples " + ", ".join(f"{a} {len(v)}" for a, v in sets.items())
-                      + f"; each arm cut to {size}", flush=True)
+                      + f"; arms cut to {size}" + "".join(f", {a} left out (too few)" for a in sets if a not in kept),
+                      flush=True)
                 if size == 0:
                     continue
-                files = {arm: write_jsonl(tmp / f"{arm}-{draw}.jsonl", rows[:size]) for arm, rows in sets.items()}
+                files = {arm: write_jsonl(tmp / f"{arm}-{draw}.jsonl", rows[:size]) for arm, rows in kept.items()}
                 ev = facsynth.evaluate(seed_file, test, add=list(files.values()), model=reader.subject,
                                        config=EvalConfig(bootstrap=args.bootstrap, rng_seed=draw, positive=[args.positive]))
                 gains = {arm.name: arm.auprc_gain for arm in ev.arms if arm.auprc_gain is not None}
