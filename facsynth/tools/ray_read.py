@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -52,7 +53,7 @@ CONNECT_TIMEOUT_S = 5.0
 """How long a cluster address may take to accept a TCP connection before we give up."""
 
 
-QUIET = {"log_to_driver": False, "logging_level": logging.WARNING}
+QUIET = {"log_to_driver": False, "logging_level": logging.ERROR}
 """Ray's own logs stay out of the terminal (facsynth logs what it does; Ray's are in /tmp/ray)."""
 
 
@@ -255,7 +256,8 @@ class EncoderPool:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the caller's progress callback reports
         context.print_on_execution_start = False
-        logging.getLogger("ray.data").setLevel(max(logging.WARNING, logging.getLogger("ray.data").getEffectiveLevel()))
+        ray_data_log = logging.getLogger("ray.data")  # its notes (e.g. "progress bars disabled") are not ours to show
+        ray_data_log.setLevel(max(logging.ERROR, ray_data_log.getEffectiveLevel()))
         items = [{"chunk": i, "samples": pickle.dumps(c, protocol=pickle.HIGHEST_PROTOCOL)} for i, c in enumerate(chunks)]
         ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             _EncodeActor,
@@ -284,12 +286,17 @@ class EncoderPool:
 
 
 def _root_cause(exc: BaseException) -> str:
-    """The first line of the innermost error a Ray task raised (a FacsynthError's own message)."""
-    cause = getattr(exc, "cause", None) or exc.__cause__
-    while cause is not None and (getattr(cause, "cause", None) or cause.__cause__) is not None:
-        cause = getattr(cause, "cause", None) or cause.__cause__
-    text = str(cause or exc).strip().splitlines()
-    return text[-1] if text else type(exc).__name__
+    """The innermost error a Ray task raised, on one line (a facsynth error by its message alone)."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = getattr(exc, "cause", None) or exc.__cause__  # type: ignore[assignment]
+    lines = [ln.strip() for e in chain for ln in str(e).splitlines() if ln.strip()]
+    for line in reversed(lines):  # Ray's messages end with the remote traceback's last line
+        m = re.match(r"^([\w.]+(?:Error|Exception)): (.+)$", line)
+        if m:
+            return m.group(2) if m.group(1).startswith("facsynth.") else line
+    return lines[-1] if lines else type(chain[0]).__name__
 
 
 @contextmanager

@@ -2,7 +2,8 @@
 
 Model and SAE numerics are real (the default model and the shipped SAE) and nothing
 is compared with a tolerance: a sample's numbers depend on its batch, so a Ray path
-that batched differently from the single-process one would show here.
+that batched differently from the single-process one (or ran another number of torch
+threads) would show here.
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sqlalchemy import text
+from store_rows import TABLES, dump
 
-from facsynth.db import Store
 from facsynth.paths import shipped
 from facsynth.tools.datasets import Dataset, load_dataset
 from facsynth.tools.measure import Reader, measure
@@ -21,20 +21,6 @@ from facsynth.tools.spans import SpanConfig, collect_spans
 ray = pytest.importorskip("ray", reason="ray is not installed: pip install -e '.[ray]' (the test extra brings it too)")
 
 from facsynth.tools.ray_read import RayError, ray_reading, ray_session  # noqa: E402
-
-TABLES = {
-    # table: columns compared (ids included: both stores get the same writes in the same order)
-    "samples": "id, sample_hash",
-    "sample_features": "reader_id, sample_id, n_tokens, feature_ids, max_acts, pooled",
-    "span_collections": "reader_id, dataset_id, top_n, \"window\", held_out, n_random, delta, n_samples, n_features",
-    "feature_stats": "reader_id, dataset_id, feature_id, n_samples, active_count, frequency, max_act, quantiles",
-    "feature_spans": "reader_id, dataset_id, feature_id, kind, \"rank\", sample_id, activation, peak_token, tokens, acts, text",
-}
-
-
-def dump(store: Store) -> dict[str, list[tuple]]:
-    with store.engine.connect() as conn:
-        return {t: [tuple(r) for r in conn.execute(text(f"SELECT {cols} FROM {t} ORDER BY {cols}"))] for t, cols in TABLES.items()}
 
 
 def same_readings(a: list, b: list) -> bool:
@@ -84,7 +70,7 @@ def test_ray_reading_gives_the_single_process_rows_fac_and_spans(tmp_path, subje
     assert g.anchor.encoded == 47  # read on Ray: all of the anchor but the sample already read with the data
     assert got["spans"].n_spans == want["spans"].n_spans > 0
     assert got["spans"].encoded == want["spans"].encoded == 24
-    rows_single, rows_ray = dump(single.store), dump(rayed.store)
+    rows_single, rows_ray = dump(single.store.engine), dump(rayed.store.engine)
     assert all(rows_single[t] for t in TABLES)
     assert rows_ray == rows_single
 
