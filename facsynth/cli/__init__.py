@@ -49,10 +49,24 @@ def _register() -> None:
 _register()
 
 
+OPTIONAL_VALUE = {"--ray": "local"}
+"""Options whose value may be left out (typer has no such option): the bare flag means this value."""
+
+
+def _fill_optional_values(argv: list[str]) -> list[str]:
+    """``--ray`` alone (last, or before another option) becomes ``--ray=local``."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg in OPTIONAL_VALUE and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            arg = f"{arg}={OPTIONAL_VALUE[arg]}"
+        out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: expected errors print one line and exit non-zero."""
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=_fill_optional_values(sys.argv[1:] if argv is None else argv), standalone_mode=False)
     except FacsynthError as exc:
         from rich.markup import escape
 

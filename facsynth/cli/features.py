@@ -15,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from facsynth.cli.on_ray import RAY, RAY_ACTORS, join_ray, ray_pool
 
 if TYPE_CHECKING:
     from facsynth.db import Store
@@ -152,16 +155,35 @@ def collect_command(
     force: bool = FORCE,
     model: Optional[str] = MODEL, sae: Optional[str] = SAE, layer: Optional[int] = LAYER,
     activation: Optional[str] = ACTIVATION, device: str = DEVICE, db: Optional[str] = DB,
+    ray: Optional[str] = RAY, ray_actors: Optional[int] = RAY_ACTORS,
 ) -> None:
     """Collect each feature's top spans, activation frequency and quantiles over CORPUS."""
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
     from facsynth.tools.datasets import load_dataset
-    from facsynth.tools.spans import SpanConfig, collect_spans
+    from facsynth.tools.spans import SpanConfig
 
     cfg = SpanConfig(top_n=top_n, window=window, held_out=held_out, n_random=n_random, delta=delta)
     data = load_dataset(corpus, limit=limit)
-    reader = _reader(model, sae, layer, activation, device, db)
+    with ExitStack() as on_ray:
+        with_ray = join_ray(on_ray, ray, console)
+        reader = _reader(model, sae, layer, activation, device, db)
+        if with_ray:  # the scan reads on Ray; the spans of the samples it keeps are cut here
+            reader.pool = ray_pool(reader, ray_actors, console)
+        report = _collect(reader, data, cfg, force)
+    how = "reused the stored collection" if report.from_store else (
+        f"read {report.encoded} samples, reused {report.reused} from the store, cut spans from {report.cut}"
+    )
+    console.print(
+        f"[bold]{report.dataset}[/]: {report.n_samples} samples, {report.n_features} active features, "
+        f"{report.n_spans} spans ({how}); reader {reader.reader_id}, {report.seconds:.1f}s"
+    )
+
+
+def _collect(reader: Any, data: Any, cfg: Any, force: bool) -> Any:
+    """:func:`facsynth.tools.spans.collect_spans` under a progress bar."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    from facsynth.tools.spans import collect_spans
+
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
         console=console, transient=True, disable=not console.is_terminal,
@@ -173,14 +195,7 @@ def collect_command(
                 stages[stage] = bar.add_task(stage, total=total)
             bar.update(stages[stage], advance=done)
 
-        report = collect_spans(reader, data, cfg, force=force, progress=progress)
-    how = "reused the stored collection" if report.from_store else (
-        f"read {report.encoded} samples, reused {report.reused} from the store, cut spans from {report.cut}"
-    )
-    console.print(
-        f"[bold]{report.dataset}[/]: {report.n_samples} samples, {report.n_features} active features, "
-        f"{report.n_spans} spans ({how}); reader {reader.reader_id}, {report.seconds:.1f}s"
-    )
+        return collect_spans(reader, data, cfg, force=force, progress=progress)
 
 
 @app.command("explain")

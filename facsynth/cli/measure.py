@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from facsynth.cli.on_ray import RAY, RAY_ACTORS, join_ray, ray_pool
 
 console = Console()
 
@@ -34,12 +37,14 @@ def measure_command(
     db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL of the store (default: $FACSYNTH_DB or sqlite:///facsynth.db)."),
     no_store: bool = typer.Option(False, "--no-store", help="Do not read or write stored activations."),
     show_missing: int = typer.Option(20, "--show-missing", help="Missing feature ids to print (all are in --json)."),
+    ray: Optional[str] = RAY,
+    ray_actors: Optional[int] = RAY_ACTORS,
 ) -> None:
     """Measure Feature Activation Coverage of DATA over a feature set."""
     from facsynth.errors import InputError
     from facsynth.tools.datasets import load_dataset
     from facsynth.tools.fac import read_feature_ids
-    from facsynth.tools.measure import Reader, measure
+    from facsynth.tools.measure import Reader
 
     if activation not in (None, "relu", "sae"):
         raise InputError(f"unknown activation {activation!r}; choose relu or sae")
@@ -49,11 +54,25 @@ def measure_command(
     feature_ids = read_feature_ids(features) if features is not None else None
     if task_name is not None and features is not None:
         raise InputError("give either --task or --features, not both")
-    with console.status("loading model and SAE"):
-        reader = Reader(
-            model, sae, layer, activation=activation, device=device, dtype=dtype,  # type: ignore[arg-type]
-            batch_size=batch_size, max_tokens=max_tokens, store=db, use_store=not no_store,
-        )
+    with ExitStack() as on_ray:
+        with_ray = join_ray(on_ray, ray, console)
+        with console.status("loading model and SAE"):
+            reader = Reader(
+                model, sae, layer, activation=activation, device=device, dtype=dtype,  # type: ignore[arg-type]
+                batch_size=batch_size, max_tokens=max_tokens, store=db, use_store=not no_store,
+            )
+        if with_ray:
+            reader.pool = ray_pool(reader, ray_actors, console)
+        report = _measure(reader, data_ds, anchor_ds, feature_ids, task_name, delta)
+    if json_out is not None:
+        _write_atomic(json_out, report.model_dump_json(indent=2))
+    print_report(report, show_missing)
+
+
+def _measure(reader, data_ds, anchor_ds, feature_ids, task_name, delta):  # noqa: ANN001, ANN202 - imported lazily
+    """:func:`facsynth.tools.measure.measure` under a progress bar."""
+    from facsynth.tools.measure import measure
+
     with Progress(
         TextColumn("reading"), BarColumn(), TaskProgressColumn(), TextColumn("{task.completed:.0f} samples"),
         TextColumn("{task.fields[tps]:>8.0f} tok/s"), TimeElapsedColumn(),
@@ -67,12 +86,9 @@ def measure_command(
             elapsed = bar.tasks[0].elapsed or 1e-9
             bar.update(task, advance=n, tps=tokens[0] / elapsed)
 
-        report = measure(
+        return measure(
             data_ds, anchor=anchor_ds, features=feature_ids, task=task_name, deltas=delta, reader=reader, progress=progress
         )
-    if json_out is not None:
-        _write_atomic(json_out, report.model_dump_json(indent=2))
-    print_report(report, show_missing)
 
 
 def _write_atomic(path: Path, text: str) -> None:

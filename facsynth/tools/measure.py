@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel
@@ -22,11 +22,14 @@ from facsynth.db import Store, open_store
 from facsynth.errors import InputError
 from facsynth.tools import model as model_mod
 from facsynth.tools.activations import SampleFeatures
-from facsynth.tools.datasets import Dataset, load_dataset
+from facsynth.tools.datasets import Dataset, Sample, load_dataset
 from facsynth.tools.diversity import text_diversity
 from facsynth.tools.encoder import FeatureEncoder, Progress, TemplateMode
 from facsynth.tools.fac import Coverage, CoverageCounter, coverage, read_feature_ids
 from facsynth.tools.sae import FeatureSAE, load_sae
+
+if TYPE_CHECKING:
+    from facsynth.tools.ray_read import EncoderPool
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +124,8 @@ class Reader:
         if use_store:
             self.store = store if isinstance(store, Store) else open_store(store)
         self._reader_id: int | None = None
+        self.pool: EncoderPool | None = None
+        """Set (by :func:`facsynth.tools.ray_read.ray_reading`): new samples are read on Ray actors."""
 
     @property
     def info(self) -> ReaderInfo:
@@ -149,15 +154,31 @@ class Reader:
         return self._reader_id
 
     def read(self, dataset: Dataset, progress: Progress | None = None, chunk: int = 512) -> Iterator[tuple[SampleFeatures, bool]]:
-        """Yield (features, reused) per sample in order; new readings are saved to the store."""
+        """Yield (features, reused) per sample in order; new readings are saved to the store.
+
+        With a :attr:`pool` (Ray actors) the chunks' new samples are planned up front, read
+        by the pool chunk by chunk (the same chunks, so the same batches), and saved and
+        yielded here exactly as without it.
+        """
         store, rid = self.store, self.reader_id
         if store is not None:
             store.register_dataset(dataset.name, dataset.source, [(s.sample_hash, s.payload) for s in dataset])
         it = iter(dataset)
-        while samples := list(islice(it, chunk)):
+        chunks: Iterable[list[Sample]] = iter(lambda: list(islice(it, chunk)), [])
+        planned: list[list[Sample]] = []
+        ahead: Iterator[list[SampleFeatures]] | None = None
+        if self.pool is not None:
+            chunks = list(chunks)
+            planned = self._plan(chunks)
+            ahead = self.pool.encode_chunks([todo for todo in planned if todo], progress)
+        for k, samples in enumerate(chunks):
             stored = store.stored_features(rid, [s.sample_hash for s in samples]) if store is not None else {}
-            todo = [s for s in samples if s.sample_hash not in stored]
-            fresh = {sf.sample_hash: sf for sf in self.encoder.encode(_unique(todo), progress)}
+            todo = _unique([s for s in samples if s.sample_hash not in stored])
+            if ahead is None:
+                fresh = {sf.sample_hash: sf for sf in self.encoder.encode(todo, progress)}
+            else:  # todo is planned[k] (less what another writer may have stored since)
+                got = {sf.sample_hash: sf for sf in next(ahead)} if planned[k] else {}
+                fresh = {s.sample_hash: got[s.sample_hash] for s in todo}
             if store is not None and fresh:
                 store.save_features(rid, list(fresh.values()))
             for s in samples:
@@ -167,6 +188,19 @@ class Reader:
                     yield stored[s.sample_hash], True
                 else:
                     yield fresh[s.sample_hash], False
+
+    def _plan(self, chunks: Sequence[list[Sample]]) -> list[list[Sample]]:
+        """Per chunk, the samples :meth:`read` will encode: not stored, not in an earlier chunk's plan."""
+        store, rid = self.store, self.reader_id
+        seen: set[str] = set()
+        plan = []
+        for samples in chunks:
+            stored = store.stored_features(rid, [s.sample_hash for s in samples]) if store is not None else {}
+            todo = _unique([s for s in samples if s.sample_hash not in stored and s.sample_hash not in seen])
+            if store is not None:  # saved before the next chunk is read, so found stored there
+                seen.update(s.sample_hash for s in todo)
+            plan.append(todo)
+        return plan
 
     def count(self, dataset: Dataset, deltas: Sequence[float], progress: Progress | None = None) -> Counted:
         """Fold a dataset into a :class:`CoverageCounter` in one streamed pass."""
