@@ -19,6 +19,7 @@ import numpy as np
 from facsynth.agent.llm import LLMClient
 from facsynth.agent.tasks import TaskSpec, resolve_task
 from facsynth.db.catalog import Catalog
+from facsynth.db.claims import Claims
 from facsynth.db.runs import RunRecord, Runs
 from facsynth.db.store import Store
 from facsynth.graph.config import RunConfig
@@ -51,6 +52,8 @@ class Resources:
     """When this session began (wall-time budget and progress)."""
     calibration: Calibration | None = None
     """The quality thresholds calibrated when the run was created (None: model checks off)."""
+    claims: Claims | None = None
+    """This worker's slot and claims on a PostgreSQL store (None: SQLite, one process)."""
     _spans: dict[int, list[tuple[str, float]]] = field(default_factory=dict)
     _dups: DuplicateIndex | None = None
     _topic: TopicIndex | None = None

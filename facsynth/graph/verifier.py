@@ -222,6 +222,8 @@ def verifier(state: SynthState, runtime: Runtime[RunContext]) -> SynthState:
     if retry and (stop_reason(runs.summary(run.id), cfg, used) is not None or _queue_first(runs, run.id, cfg)):
         runs.set_feature_status(run.id, retry, "pending", only_from=("in_progress",))
         retry = []
+    if res.claims is not None:  # settled features are free again; a retry stays this worker's
+        res.claims.release(keep=retry)
     return {"batch": retry}
 
 
