@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 from langgraph.types import Command
+from sqlalchemy import text
 
 from facsynth.agent.llm import LLMClient
 from facsynth.agent.tasks import resolve_task
@@ -159,6 +160,9 @@ def checkpoint_path(store: Store) -> Path | None:
     return db.with_name(db.name + ".checkpoints")
 
 
+_PG_SAVER_LOCK = 0x66616374  # serializes LangGraph's Postgres saver set-up across workers
+
+
 @contextmanager
 def open_checkpointer(store: Store) -> Iterator[Any]:
     """langgraph-checkpoint-sqlite beside a SQLite store, the Postgres saver for PostgreSQL."""
@@ -182,7 +186,14 @@ def open_checkpointer(store: Store) -> Iterator[Any]:
             raise StoreError("PostgreSQL runs need `pip install 'facsynth[postgres]'` (langgraph-checkpoint-postgres)") from exc
         conninfo = store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         with PostgresSaver.from_conn_string(conninfo) as saver:
-            saver.setup()
+            with store.engine.connect() as conn:  # workers starting at once: one creates the tables, the rest wait
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_SAVER_LOCK})
+                conn.commit()  # the session keeps the lock; an open transaction would block CREATE INDEX CONCURRENTLY
+                try:
+                    saver.setup()
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_SAVER_LOCK})
+                    conn.commit()
             yield saver
     else:
         raise StoreError(f"runs need a SQLite or PostgreSQL store to checkpoint; {dialect} has no LangGraph saver")
