@@ -109,6 +109,12 @@ class Claims:
             raise
         self._conn, self.slot = conn, slot
         with self.store._tx(write=True) as session:
+            # open claims under this slot's name are an earlier session's, which died holding them
+            session.execute(
+                update(RunClaim)
+                .where(RunClaim.run_id == self.run_id, RunClaim.worker == self.name, RunClaim.released_at.is_(None))
+                .values(released_at=utcnow(), outcome="recovered")
+            )
             row = RunWorker(run_id=self.run_id, name=self.name, host=socket.gethostname()[:255], pid=os.getpid(),
                             started_at=utcnow())
             session.add(row)
@@ -226,8 +232,9 @@ class Claims:
         return picked
 
     def reclaim(self, features: Iterable[int]) -> bool:
-        """Claim exactly ``features`` (a batch this slot's thread was working on when it stopped),
-        all or none: True when each is still ``in_progress`` and held by no live worker."""
+        """Claim exactly ``features`` (the batch this slot's thread was working on when its last
+        session died), all or none: True when each is still ``in_progress`` and held by no live
+        worker."""
         want = sorted({int(f) for f in features})
         if not want:
             return True

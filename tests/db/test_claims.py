@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from facsynth.db import Store
 from facsynth.db.claims import Claims
-from facsynth.db.models import RunClaim, RunWorker
+from facsynth.db.models import RunClaim, RunWorker, utcnow
 from facsynth.db.runs import Runs
 from facsynth.errors import StoreError
 
@@ -141,9 +141,15 @@ def test_a_sigkilled_worker_gives_its_slot_and_features_back_at_once(pg_url) -> 
                 threading.Event().wait(0.1)
             assert me.live() == {"w1"}
             assert me.claim([0, 1, 2, 3], 2) == [0, 1]
+            # a dead session's claim found by the next worker in its slot: closed when that one starts
+            with store._tx(write=True) as session:
+                session.add(RunClaim(run_id=run_id, feature_id=4, worker="w0", claimed_at=utcnow()))
+            with Claims(store, run_id) as next_w0:
+                assert next_w0.name == "w0" and next_w0.mine() == set()
+                assert me.held_by_others() == set()
         rows = _claims(store, run_id)
         dead = [r for r in rows if r.worker == "w0"]
-        assert [(r.feature_id, r.outcome) for r in dead] == [(0, "recovered"), (1, "recovered")]
+        assert [(r.feature_id, r.outcome) for r in dead] == [(0, "recovered"), (1, "recovered"), (4, "recovered")]
         taken = [r for r in rows if r.worker == "w1" and r.feature_id in (0, 1)]
         assert all(t.claimed_at >= d.released_at for t, d in zip(taken, dead))
     finally:
