@@ -166,10 +166,9 @@ def _settle_feature(
     # only what joined the data guards against duplicates (an accepted negative that
     # credited too few features did not), as the index rebuilt on resume has it
     joined = runs.sample_ids(res.run.id, [v.candidate_id for v in verdicts if v.accept])
-    dups = res.duplicates()
     for c, r in pairs:
         if c.id in joined:
-            dups.add(f"accepted sample {joined[c.id]}", c.text_hash, r.features)
+            res.add_duplicate(joined[c.id], c.text_hash, r.features)
 
 
 def _review(runs: Runs, run_id: int, run_name: str, plans: list[tuple[int, int, list, list[Verdict]]]) -> None:
