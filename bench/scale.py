@@ -52,6 +52,9 @@ class SlowModel:
 
     def __init__(self, latency: float) -> None:
         self.calls = 0
+        self.in_flight = 0
+        self.peak = 0
+        """Most requests in flight at once (reset per run)."""
         self._lock = threading.Lock()
         model = self
 
@@ -69,7 +72,13 @@ class SlowModel:
                 with model._lock:
                     model.calls += 1
                     n = model.calls
-                time.sleep(latency)
+                    model.in_flight += 1
+                    model.peak = max(model.peak, model.in_flight)
+                try:
+                    time.sleep(latency)
+                finally:
+                    with model._lock:
+                        model.in_flight -= 1
                 content = json.dumps(_reply(body, n))
                 self._send({
                     "id": f"chatcmpl-{n}", "object": "chat.completion", "created": int(time.time()),
@@ -122,9 +131,12 @@ def _reply(body: dict[str, Any], n: int) -> dict[str, str]:
 # --------------------------------------------------------------------------- workers
 
 
-def _worker(db_url: str, run: str, start: Any, done: Any) -> None:
+def _worker(db_url: str, run: str, threads: int, start: Any, done: Any) -> None:
     """One worker process: load the model, wait for the others, run until the planner stops."""
     sys.path.insert(0, str(ROOT))
+    import torch
+
+    torch.set_num_threads(threads)  # as `run --workers` shares the cores out (OMP_NUM_THREADS)
     from facsynth.agent.llm import LLMClient
     from facsynth.db import Store
     from facsynth.db.runs import Runs
@@ -137,7 +149,14 @@ def _worker(db_url: str, run: str, start: Any, done: Any) -> None:
         reader = Reader(cfg.model, cfg.sae, cfg.layer, store=store)
         client = LLMClient(cfg.llm, store=store)
         start.wait()
-        execute(store, run, llm=client, reader=reader)
+        last = [time.time()]
+
+        def trace(node: str, _: Any) -> None:  # --trace: how long each step took, per worker
+            now = time.time()
+            print(f"[{os.getpid()}] {node} {now - last[0]:.2f} s", file=sys.stderr, flush=True)
+            last[0] = now
+
+        execute(store, run, llm=client, reader=reader, on_step=trace if os.environ.get("FACSYNTH_BENCH_TRACE") else None)
         done.put(time.time())
 
 
@@ -165,6 +184,7 @@ def workers_section(args: argparse.Namespace) -> dict[str, float]:
     from facsynth.graph.api import validated
     from facsynth.graph.budget import spent
     from facsynth.graph.runner import prepare_run
+    from facsynth.graph.workers import threads_per_worker
     from facsynth.tools.measure import Reader
 
     counts = [int(x) for x in str(args.workers).split(",")]
@@ -185,8 +205,11 @@ def workers_section(args: argparse.Namespace) -> dict[str, float]:
                 })
                 name = f"scale-w{n}"
                 prepare_run(cfg, name, store, reader)
+                if endpoint is not None:
+                    endpoint.peak = 0
                 start, done = ctx.Barrier(n + 1), ctx.Queue()
-                procs = [ctx.Process(target=_worker, args=(db_url, name, start, done)) for _ in range(n)]
+                threads = threads_per_worker(n)
+                procs = [ctx.Process(target=_worker, args=(db_url, name, threads, start, done)) for _ in range(n)]
                 for p in procs:
                     p.start()
                 start.wait(timeout=900)  # every worker has its model loaded
@@ -203,8 +226,9 @@ def workers_section(args: argparse.Namespace) -> dict[str, float]:
                 out[f"workers{n}_seconds"] = window
                 out[f"workers{n}_calls_per_s"] = calls / window
                 out[f"workers{n}_covered_per_min"] = 60.0 * s.covered / window
+                peak = endpoint.peak if endpoint is not None else "-"
                 print(f"{n} worker(s): {calls} calls, {s.covered} features covered, {s.samples} samples in {window:.1f} s "
-                      f"({s.run.stop_reason}); load {os.getloadavg()[0]:.2f}", file=sys.stderr)
+                      f"({s.run.stop_reason}); peak {peak} calls in flight; load {os.getloadavg()[0]:.2f}", file=sys.stderr)
     finally:
         drop()
         if endpoint is not None:
@@ -232,7 +256,7 @@ def main() -> None:
     parser.add_argument("--part", choices=["workers", "measure", "all"], default="all")
     parser.add_argument("--workers", default="1,2,4", help="Worker counts, comma-separated (workers part).")
     parser.add_argument("--latency", type=float, default=3.0, help="Seconds the fake endpoint takes per call.")
-    parser.add_argument("--calls", type=int, default=32, help="Generator-call budget of each run.")
+    parser.add_argument("--calls", type=int, default=48, help="Generator-call budget of each run.")
     parser.add_argument("--max-features", type=int, default=200, help="Missing features each run may target.")
     parser.add_argument("--pg-url", default=PG_URL, help="PostgreSQL to create the bench database in.")
     parser.add_argument("--base-url", default=None, help="A real OpenAI-compatible endpoint instead of the fake.")

@@ -97,6 +97,12 @@ class Ended:
         return ", ".join(f"process {i + 1} " + (f"killed by signal {-c}" if c < 0 else f"exited with {c}") for i, c in self.failed)
 
 
+def threads_per_worker(n: int) -> int:
+    """Torch threads for each of ``n`` workers on one machine: the cores shared out. Left at the
+    default, every process spins one thread per core and ``n`` of them thrash."""
+    return max(1, (os.cpu_count() or 1) // max(n, 1))
+
+
 def run_workers(db_url: str, run_name: str, n: int, *, endpoints: Sequence[str] | None = None,
                 on_poll: Callable[[], Any] | None = None, quiet: bool = True) -> Ended:
     """Start ``n`` ``facsynth worker`` processes on the run and wait for them, calling ``on_poll``
@@ -107,7 +113,7 @@ def run_workers(db_url: str, run_name: str, n: int, *, endpoints: Sequence[str] 
         cmd += ["--endpoint", url]
     if quiet:
         cmd.append("--quiet")
-    env = {**os.environ, "FACSYNTH_DB": db_url}
+    env = {"OMP_NUM_THREADS": str(threads_per_worker(n)), **os.environ, "FACSYNTH_DB": db_url}  # a user's setting wins
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for _ in range(n):
