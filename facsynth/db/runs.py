@@ -9,6 +9,10 @@ ones that a crash could interrupt and a resume repeat are idempotent:
   key and raises the feature's attempt count in the same transaction;
 * :meth:`Runs.settle` writes the verdicts of one attempt, the accepted samples
   (unique per normalized text) and the coverage they add, all or nothing.
+
+Several workers may write one run at once (PostgreSQL, :mod:`facsynth.db.claims`): the
+transactions that credit coverage or number progress points take the run's row lock first,
+so they apply one after another.
 """
 
 from __future__ import annotations
@@ -212,6 +216,13 @@ def _candidate(r: RunCandidate) -> Candidate:
     )
 
 
+def _lock_run(session: Any, run_id: int) -> None:
+    """Take the run's row lock for the transaction (PostgreSQL; SQLite's write lock is the whole
+    store already): the settlements of concurrent workers credit coverage one after another,
+    so two samples never claim one feature and no two transactions wait on each other's rows."""
+    session.execute(select(Run.id).where(Run.id == run_id).with_for_update())
+
+
 class Runs:
     """Run reads and writes on a store."""
 
@@ -394,6 +405,7 @@ class Runs:
         now = utcnow()
         newly: list[int] = []
         with self.store._tx(write=True) as session:
+            _lock_run(session, run_id)
             best: float | None = None
             for v in verdicts:
                 row = session.get(RunCandidate, v.candidate_id)
@@ -518,12 +530,12 @@ class Runs:
             session.flush()
             return _candidate(row)
 
-    def samples(self, run_id: int, *, include_withdrawn: bool = False) -> list[AcceptedSample]:
-        """Accepted samples in acceptance order."""
+    def samples(self, run_id: int, *, include_withdrawn: bool = False, after: int = 0) -> list[AcceptedSample]:
+        """Accepted samples in acceptance order (those with an id above ``after``)."""
         query = (
             select(RunSample, RunCandidate)
             .join(RunCandidate, RunCandidate.id == RunSample.candidate_id)
-            .where(RunSample.run_id == run_id)
+            .where(RunSample.run_id == run_id, RunSample.id > after)
             .order_by(RunSample.id)
         )
         if not include_withdrawn:
@@ -563,6 +575,7 @@ class Runs:
     def _recredit(self, run_id: int, ids: list[int], *, delta: float, withdraw: bool) -> list[int]:
         now = utcnow()
         with self.store._tx(write=True) as session:
+            _lock_run(session, run_id)
             rows = list(session.scalars(select(RunSample).where(RunSample.run_id == run_id, RunSample.id.in_(ids))))
             unknown = set(ids) - {r.id for r in rows}
             if unknown:
@@ -609,7 +622,7 @@ class Runs:
         The run's total wall time becomes ``elapsed_s``, so a run killed with SIGKILL keeps
         what it spent up to its last step."""
         with self.store._tx(write=True) as session:
-            run = session.get(Run, run_id)
+            run = session.get(Run, run_id, with_for_update=True)  # workers append in turn (seq is per run)
             assert run is not None
             run.elapsed_s = max(float(run.elapsed_s), float(elapsed_s))
             run.updated_at = utcnow()

@@ -19,6 +19,7 @@ import numpy as np
 from facsynth.agent.llm import LLMClient
 from facsynth.agent.tasks import TaskSpec, resolve_task
 from facsynth.db.catalog import Catalog
+from facsynth.db.claims import Claims
 from facsynth.db.runs import RunRecord, Runs
 from facsynth.db.store import Store
 from facsynth.graph.config import RunConfig
@@ -51,8 +52,13 @@ class Resources:
     """When this session began (wall-time budget and progress)."""
     calibration: Calibration | None = None
     """The quality thresholds calibrated when the run was created (None: model checks off)."""
+    claims: Claims | None = None
+    """This worker's slot and claims on a PostgreSQL store (None: SQLite, one process)."""
     _spans: dict[int, list[tuple[str, float]]] = field(default_factory=dict)
     _dups: DuplicateIndex | None = None
+    _dups_seen: int = 0
+    """Highest sample id read into the duplicate index (workers: the others' samples come later)."""
+    _dups_own: set[int] = field(default_factory=set)
     _topic: TopicIndex | None = None
     _seed: list[tuple[str, str | None]] | None = None
 
@@ -154,13 +160,23 @@ class Resources:
                 for i, (h, payload) in enumerate(rows):
                     if h in feats:
                         index.add(f"seed sample {i + 1}", text_hash(sample_from_row(payload)), feats[h])
-            for s in self.runs.samples(self.run.id):
-                c = s.candidate
-                if c.feature_ids is not None and c.max_acts is not None:
-                    sf = SampleFeatures("", 0, c.feature_ids, c.max_acts)
-                    index.add(f"accepted sample {s.id}", c.text_hash, sf)
             self._dups = index
+            fresh = True
+        else:
+            fresh = False
+        if fresh or self.claims is not None:  # other workers accept samples too: read theirs as they come
+            for s in self.runs.samples(self.run.id, after=self._dups_seen):
+                self._dups_seen = max(self._dups_seen, s.id)
+                c = s.candidate
+                if s.id not in self._dups_own and c.feature_ids is not None and c.max_acts is not None:
+                    sf = SampleFeatures("", 0, c.feature_ids, c.max_acts)
+                    self._dups.add(f"accepted sample {s.id}", c.text_hash, sf)
         return self._dups
+
+    def add_duplicate(self, sample_id: int, text_hash: str, features: SampleFeatures) -> None:
+        """A sample this process accepted joins the duplicate index at once."""
+        self._dups_own.add(sample_id)
+        self.duplicates().add(f"accepted sample {sample_id}", text_hash, features)
 
 
 def _label(meta: dict[str, Any]) -> str | None:

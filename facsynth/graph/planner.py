@@ -14,11 +14,17 @@ list as it was computed at the start, in the same priority order (so the two str
 compare on the same features), including features another sample has covered meanwhile:
 the authors' pipeline does not look back. The unguided strategy walks the same list, one
 generator call per feature, but only as a call slot: its prompt names no feature.
+
+A worker (several processes on one PostgreSQL store, :mod:`facsynth.db.claims`) ranks the
+features no other live worker holds the same way, then claims its batch from that ranking;
+while the others hold every feature left, it waits for one to come free (a rejected
+feature sent back to the queue, or the features of a worker that died).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 from langgraph.runtime import Runtime
 
@@ -58,38 +64,61 @@ def retries_pay(first: int, first_ok: int, retries: int, retries_ok: int) -> boo
     return (retries_ok + 1) / (retries + 2) >= (first_ok + 1) / (first + 2)
 
 
+WAIT_POLL_S = 0.5
+"""How often a worker with nothing to claim looks again while other workers hold features."""
+
+
 def planner(state: SynthState, runtime: Runtime[RunContext]) -> SynthState:
     res = resources(runtime.context)
     runs = Runs(res.store)
-    run, steer = directives.current(runs, res.run.name)
-    cfg = steer.cfg
-    if steer.paused:
-        return {"batch": [], "stop_reason": "paused by the user"}
-    summary = runs.summary(run.id)
-    reason = stop_reason(summary, cfg, spent(res.store, run.name, res.elapsed_s()))
-    if reason is not None:
-        return {"batch": [], "stop_reason": reason}
-    features = runs.features(run.id)
-    excluded_now = [f.feature for f in features if f.feature in steer.exclude and f.status in ("pending", "in_progress")]
-    if excluded_now:
-        runs.set_feature_status(run.id, excluded_now, "excluded", EXCLUDED_BY_USER, only_from=("pending", "in_progress"))
-    restored = [
-        f.feature for f in features
-        if f.status == "excluded" and f.covered_by is None and f.feature not in steer.exclude
-        and (f.reason == EXCLUDED_BY_USER or f.feature in steer.focus)
-    ]
-    if restored:
-        runs.set_feature_status(run.id, restored, "pending", only_from=("excluded",))
-    # covered while excluded, exclusion undone since: a plain covered feature again
-    unmarked = [f.feature for f in features if f.status == "covered" and f.reason == EXCLUDED_BY_USER
-                and f.feature not in steer.exclude]
-    if unmarked:
-        runs.set_feature_status(run.id, unmarked, "covered", only_from=("covered",))
-    if excluded_now or restored or unmarked:
+    claims = res.claims
+    if claims is not None:
+        claims.release()  # the last batch is settled: its features are free for any worker
+    while True:
+        run, steer = directives.current(runs, res.run.name)
+        cfg = steer.cfg
+        if steer.paused:
+            return {"batch": [], "stop_reason": "paused by the user"}
+        summary = runs.summary(run.id)
+        reason = stop_reason(summary, cfg, spent(res.store, run.name, res.elapsed_s()))
+        if reason is not None:
+            return {"batch": [], "stop_reason": reason}
         features = runs.features(run.id)
-    fresh = not retries_pay(*runs.yields(run.id))
-    pick = choose(features, cfg.batch, strategy=cfg.strategy, focus=steer.focus, exclude=steer.exclude, prefer_fresh=fresh)
-    if not pick:
+        excluded_now = [f.feature for f in features if f.feature in steer.exclude and f.status in ("pending", "in_progress")]
+        if excluded_now:
+            runs.set_feature_status(run.id, excluded_now, "excluded", EXCLUDED_BY_USER, only_from=("pending", "in_progress"))
+        restored = [
+            f.feature for f in features
+            if f.status == "excluded" and f.covered_by is None and f.feature not in steer.exclude
+            and (f.reason == EXCLUDED_BY_USER or f.feature in steer.focus)
+        ]
+        if restored:
+            runs.set_feature_status(run.id, restored, "pending", only_from=("excluded",))
+        # covered while excluded, exclusion undone since: a plain covered feature again
+        unmarked = [f.feature for f in features if f.status == "covered" and f.reason == EXCLUDED_BY_USER
+                    and f.feature not in steer.exclude]
+        if unmarked:
+            runs.set_feature_status(run.id, unmarked, "covered", only_from=("covered",))
+        if excluded_now or restored or unmarked:
+            features = runs.features(run.id)
+        fresh = not retries_pay(*runs.yields(run.id))
+        if claims is None:
+            pick = choose(features, cfg.batch, strategy=cfg.strategy, focus=steer.focus, exclude=steer.exclude,
+                          prefer_fresh=fresh)
+            if pick:
+                runs.set_feature_status(run.id, pick, "in_progress", only_from=("pending", "in_progress", "covered"))
+        else:  # a worker: rank what no live worker holds, then claim the first of those still free
+            busy = claims.held_by_others()
+            free = [f for f in features if f.feature not in busy]
+            order = choose(free, len(free), strategy=cfg.strategy, focus=steer.focus, exclude=steer.exclude,
+                           prefer_fresh=fresh)
+            pick = claims.claim(order, cfg.batch)
+        if pick:
+            log.debug("planner picked %s", pick)
+            return {"batch": pick, "stop_reason": None, "loop_step": state.get("loop_step", 0) + 1}
+        if claims is not None and (claims.contended or claims.held_by_others()):
+            time.sleep(WAIT_POLL_S)  # other workers hold the rest: a rejected feature or a dead worker's may come free
+            continue
         s = runs.summary(run.id)
         held = sum(1 for f in features if f.status == "excluded" and f.reason == HELD_BACK)
         return {
@@ -99,6 +128,3 @@ def planner(state: SynthState, runtime: Runtime[RunContext]) -> SynthState:
                 f"{s.by_status['excluded']} excluded" + (f" ({held} held back by max_features)" if held else "")
             ),
         }
-    runs.set_feature_status(run.id, pick, "in_progress", only_from=("pending", "in_progress", "covered"))
-    log.debug("planner picked %s", pick)
-    return {"batch": pick, "stop_reason": None, "loop_step": state.get("loop_step", 0) + 1}

@@ -24,10 +24,12 @@ from typing import Any
 
 import numpy as np
 from langgraph.types import Command
+from sqlalchemy import text
 
 from facsynth.agent.llm import LLMClient
 from facsynth.agent.tasks import resolve_task
 from facsynth.db.catalog import Catalog
+from facsynth.db.claims import Claims, supports_workers
 from facsynth.db.runs import Candidate, RunRecord, Runs, Summary
 from facsynth.db.store import Store
 from facsynth.errors import InputError, StoreError
@@ -160,6 +162,9 @@ def checkpoint_path(store: Store) -> Path | None:
     return db.with_name(db.name + ".checkpoints")
 
 
+_PG_SAVER_LOCK = 0x66616374  # serializes LangGraph's Postgres saver set-up across workers
+
+
 @contextmanager
 def open_checkpointer(store: Store) -> Iterator[Any]:
     """langgraph-checkpoint-sqlite beside a SQLite store, the Postgres saver for PostgreSQL."""
@@ -183,7 +188,14 @@ def open_checkpointer(store: Store) -> Iterator[Any]:
             raise StoreError("PostgreSQL runs need `pip install 'facsynth[postgres]'` (langgraph-checkpoint-postgres)") from exc
         conninfo = store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         with PostgresSaver.from_conn_string(conninfo) as saver:
-            saver.setup()
+            with store.engine.connect() as conn:  # workers starting at once: one creates the tables, the rest wait
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_SAVER_LOCK})
+                conn.commit()  # the session keeps the lock; an open transaction would block CREATE INDEX CONCURRENTLY
+                try:
+                    saver.setup()
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_SAVER_LOCK})
+                    conn.commit()
             yield saver
     else:
         raise StoreError(f"runs need a SQLite or PostgreSQL store to checkpoint; {dialect} has no LangGraph saver")
@@ -207,45 +219,85 @@ def execute(store: Store, run_name: str, *, llm: LLMClient, reader: Reader | Non
     ``wait_review`` the call polls the store until each is decided, else it returns),
     ``done`` with the planner's reason, ``paused`` when the user paused it, ``stopped`` on
     Ctrl-C or an error (then re-raised). The run's wall time is kept either way.
+
+    On PostgreSQL the call is one *worker* of the run (:mod:`facsynth.db.claims`): it takes a
+    free slot ``k``, runs the LangGraph thread ``<run>:w<k>`` (continuing it when the slot's
+    last session stopped mid-batch and nobody took that batch over), claims its features
+    through the store, and leaves the run's status to the last worker that ends. On SQLite it
+    is the run's only process and its thread is the run's name.
     """
     runs = Runs(store)
     run = runs.get(run_name)
-    res = open_resources(store, run, llm=llm, reader=reader)
+    claims = Claims(store, run.id).start() if supports_workers(store) else None
+    try:
+        res = open_resources(store, run, llm=llm, reader=reader)
+    except BaseException:
+        if claims is not None:
+            claims.stop()
+        raise
+    res.claims = claims
+    thread = run.name if claims is None else f"{run.name}:{claims.name}"
     ctx = RunContext(run=run.name, db=store.url, res=res)
-    config = {"configurable": {"thread_id": run.name}, "recursion_limit": 1_000_000}
-    with (open_checkpointer(store) if checkpointer is None else _given(checkpointer)) as saver:
-        graph = build_graph(saver)
-        snapshot = graph.get_state(config)
-        inp: Any = None if snapshot.next else {"run": run.name, "batch": [], "loop_step": 0, "stop_reason": None}
-        reason: str | None = None
-        try:
-            while True:
+    config = {"configurable": {"thread_id": thread}, "recursion_limit": 1_000_000}
+    fresh = {"run": run.name, "batch": [], "loop_step": 0, "stop_reason": None}
+    try:
+        with (open_checkpointer(store) if checkpointer is None else _given(checkpointer)) as saver:
+            graph = build_graph(saver)
+            snapshot = graph.get_state(config)
+            inp: Any = None if snapshot.next else fresh
+            if snapshot.next and claims is not None and not claims.reclaim(snapshot.values.get("batch") or []):
                 if snapshot.interrupts:
-                    waiting = runs.pending_review(run.id)
-                    runs.set_status(run.id, "reviewing", f"waiting for the review of {len(waiting)} candidate(s)",
-                                    elapsed_s=res.elapsed_s())
-                    if on_review is not None:
-                        on_review(waiting)
-                    if not _review_done(runs, run.id, wait_review):
-                        return runs.summary(run.id)
-                    inp = Command(resume=True)
-                runs.set_status(run.id, "running")
-                for update in graph.stream(inp, config, context=ctx, stream_mode="updates"):
-                    for node, values in update.items():
-                        if node == "planner" and values and values.get("stop_reason"):
-                            reason = values["stop_reason"]
-                        if on_step is not None and not node.startswith("__"):
-                            on_step(node, runs.summary(run.id))
-                snapshot = graph.get_state(config)
-                if not snapshot.interrupts:
-                    break
-        except BaseException as exc:
-            why = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else f"stopped by an error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-            runs.set_status(run.id, "stopped", why, elapsed_s=res.elapsed_s())
-            raise
-        status = "paused" if reason == "paused by the user" else "done"
-        runs.set_status(run.id, status, reason or "finished", elapsed_s=res.elapsed_s())
+                    log.warning("run %s: the batch waiting for review is held by another worker", run.name)
+                else:  # another worker took this thread's batch over: start a new cycle
+                    inp = fresh
+            reason: str | None = None
+            try:
+                while True:
+                    if snapshot.interrupts:
+                        waiting = runs.pending_review(run.id)
+                        runs.set_status(run.id, "reviewing", f"waiting for the review of {len(waiting)} candidate(s)",
+                                        elapsed_s=res.elapsed_s())
+                        if on_review is not None:
+                            on_review(waiting)
+                        if not _review_done(runs, run.id, wait_review):
+                            return runs.summary(run.id)
+                        inp = Command(resume=True)
+                    runs.set_status(run.id, "running")
+                    for update in graph.stream(inp, config, context=ctx, stream_mode="updates"):
+                        for node, values in update.items():
+                            if node == "planner" and values and values.get("stop_reason"):
+                                reason = values["stop_reason"]
+                            if on_step is not None and not node.startswith("__"):
+                                on_step(node, runs.summary(run.id))
+                    snapshot = graph.get_state(config)
+                    if not snapshot.interrupts:
+                        break
+            except BaseException as exc:
+                why = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else f"stopped by an error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                _end(runs, run.id, claims, "stopped", why, res.elapsed_s())
+                claims = None
+                raise
+            status = "paused" if reason == "paused by the user" else "done"
+            _end(runs, run.id, claims, status, reason or "finished", res.elapsed_s())
+            claims = None
+    finally:
+        if claims is not None:
+            claims.stop()
     return runs.summary(run.id)
+
+
+def _end(runs: Runs, run_id: int, claims: Claims | None, status: str, reason: str, elapsed_s: float) -> None:
+    """Set the run's final status, unless other workers still work on it (the last one sets it).
+
+    A worker gives its slot back first, then looks: of two ending at once, at least the later
+    one sees nobody left."""
+    if claims is not None:
+        claims.stop()
+        others = claims.live()
+        if others:
+            log.info("run %d: worker %s ends (%s); %s still at work", run_id, claims.name, reason, ", ".join(sorted(others)))
+            return
+    runs.set_status(run_id, status, reason, elapsed_s=elapsed_s)
 
 
 def _review_done(runs: Runs, run_id: int, wait: bool) -> bool:

@@ -185,10 +185,9 @@ def _settle_feature(
     # only what joined the data guards against duplicates (an accepted negative that
     # credited too few features did not), as the index rebuilt on resume has it
     joined = runs.sample_ids(res.run.id, [v.candidate_id for v in verdicts if v.accept])
-    dups = res.duplicates()
     for c, r in pairs:
         if c.id in joined:
-            dups.add(f"accepted sample {joined[c.id]}", c.text_hash, r.features)
+            res.add_duplicate(joined[c.id], c.text_hash, r.features)
 
 
 def _review(runs: Runs, run_id: int, run_name: str, plans: list[tuple[int, int, list, list[Verdict]]]) -> None:
@@ -241,6 +240,8 @@ def verifier(state: SynthState, runtime: Runtime[RunContext]) -> SynthState:
     if retry and (stop_reason(runs.summary(run.id), cfg, used) is not None or _queue_first(runs, run.id, cfg)):
         runs.set_feature_status(run.id, retry, "pending", only_from=("in_progress",))
         retry = []
+    if res.claims is not None:  # settled features are free again; a retry stays this worker's
+        res.claims.release(keep=retry)
     return {"batch": retry}
 
 

@@ -134,6 +134,9 @@ def test_in_memory_schema_has_every_table_and_column() -> None:
         },
         "run_progress": {"id", "run_id", "seq", "llm_calls", "tokens", "covered", "fac", "elapsed_s", "created_at"},
         "run_directives": {"id", "run_id", "words", "kind", "args", "active", "created_at", "reverted_at"},
+        # m005_workers (the claims' own tests are in test_claims.py)
+        "run_workers": {"id", "run_id", "name", "host", "pid", "started_at", "stopped_at"},
+        "run_claims": {"id", "run_id", "feature_id", "worker", "claimed_at", "released_at", "outcome"},
     }
     assert set(insp.get_table_names()) == set(expected)
     for table, columns in expected.items():
