@@ -429,6 +429,20 @@ def stop_all() -> None:
         server.stop()
 
 
+def die_with_parent(parent: int) -> None:
+    """Linux: SIGTERM this process when ``parent`` ends; exit at once when it has ended already
+    (a server of a killed run, a worker of a killed ``run --workers``)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            log.debug("prctl(PR_SET_PDEATHSIG) is not available")
+    if os.getppid() != parent:
+        raise SystemExit(1)
+
+
 def _child_main() -> None:
     """``python -m facsynth.agent.server PARENT_PID MODULE ARGS...``: the server module (llama_cpp.server)
     run so that it dies with its parent.
@@ -440,15 +454,7 @@ def _child_main() -> None:
 
     parent = int(sys.argv.pop(1))
     module = sys.argv.pop(1)
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            log.debug("prctl(PR_SET_PDEATHSIG) is not available")
-    if os.getppid() != parent:
-        sys.exit(1)
+    die_with_parent(parent)
     sys.argv[0] = module
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 

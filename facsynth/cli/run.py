@@ -340,7 +340,8 @@ def worker_command(
     """Join a run as one more worker (PostgreSQL): claims features no other worker holds, until the run stops."""
     from facsynth.db.store import open_store
     from facsynth.graph.budget import spent
-    from facsynth.graph.workers import die_with_parent, work
+    from facsynth.agent.server import die_with_parent
+    from facsynth.graph.workers import work
 
     if parent is not None:
         die_with_parent(parent)

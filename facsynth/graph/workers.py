@@ -69,17 +69,6 @@ def work(store: Store, run_name: str, *, endpoints: Sequence[str] | None = None,
         return execute(store, run_name, llm=client, reader=reader, on_step=on_step)
 
 
-def die_with_parent(parent: int) -> None:
-    """Linux: SIGTERM this process when ``parent`` ends (a worker of a killed ``run --workers``)."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            log.debug("prctl(PR_SET_PDEATHSIG) is not available")
-    if os.getppid() != parent:
-        raise SystemExit(1)
 
 
 @dataclass
