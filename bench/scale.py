@@ -19,7 +19,10 @@ endpoint instead. Every run gets its own sampling seed, so no run reads another'
 from the shared cache.
 
 Reported per worker count: generator calls per second and run features covered per
-minute over the window (first worker's start to the last one's end). The last lines are
+minute over the window (all workers start together, after loading; the window ends when
+the last one stops), and the most calls the endpoint had in flight at once. Each worker
+gets the machine's cores divided by the worker count as torch threads, as ``run --workers``
+gives them. ``FACSYNTH_BENCH_TRACE=1`` prints every worker's step times. The last lines are
 ``name=value`` figures; ``workers2_vs_1`` and ``workers4_vs_1`` are the calls-per-second
 ratios (the target: 4 workers reach at least 3x one against a latency-bound endpoint).
 
@@ -44,6 +47,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import queue
 import sys
 import threading
 import time
@@ -235,9 +239,15 @@ def workers_section(args: argparse.Namespace) -> dict[str, float]:
                 procs = [ctx.Process(target=_worker, args=(db_url, name, threads, start, done)) for _ in range(n)]
                 for p in procs:
                     p.start()
-                start.wait(timeout=900)  # every worker has its model loaded
+                start.wait(timeout=600)  # every worker has its model loaded
                 t0 = time.time()
-                ends = [done.get(timeout=3600) for _ in procs]
+                ends: list[float] = []
+                while len(ends) < n:
+                    try:
+                        ends.append(done.get(timeout=5))
+                    except queue.Empty:
+                        if any(p.exitcode not in (None, 0) for p in procs):
+                            raise SystemExit(f"a worker of {name} failed (its traceback is above)") from None
                 for p in procs:
                     p.join()
                     if p.exitcode != 0:

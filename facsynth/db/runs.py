@@ -219,8 +219,11 @@ def _candidate(r: RunCandidate) -> Candidate:
 def _lock_run(session: Any, run_id: int) -> None:
     """Take the run's row lock for the transaction (PostgreSQL; SQLite's write lock is the whole
     store already): the settlements of concurrent workers credit coverage one after another,
-    so two samples never claim one feature and no two transactions wait on each other's rows."""
-    session.execute(select(Run.id).where(Run.id == run_id).with_for_update())
+    so two samples never claim one feature and no two transactions wait on each other's rows.
+    ``FOR NO KEY UPDATE``, not ``FOR UPDATE``: rows inserted elsewhere that point at the run
+    (a claim, a candidate) take a key-share lock on it for their foreign key, which must not
+    wait on a settlement that may itself wait on their feature rows."""
+    session.execute(select(Run.id).where(Run.id == run_id).with_for_update(key_share=True))
 
 
 class Runs:
@@ -622,7 +625,7 @@ class Runs:
         The run's total wall time becomes ``elapsed_s``, so a run killed with SIGKILL keeps
         what it spent up to its last step."""
         with self.store._tx(write=True) as session:
-            run = session.get(Run, run_id, with_for_update=True)  # workers append in turn (seq is per run)
+            run = session.get(Run, run_id, with_for_update={"key_share": True})  # workers append in turn (seq is per run)
             assert run is not None
             run.elapsed_s = max(float(run.elapsed_s), float(elapsed_s))
             run.updated_at = utcnow()

@@ -156,3 +156,41 @@ def test_a_sigkilled_worker_gives_its_slot_and_features_back_at_once(pg_url) -> 
         if holder.poll() is None:
             holder.kill()
         store.close()
+
+
+@pytest.mark.postgres
+def test_a_settlement_and_a_claim_on_the_same_feature_never_deadlock(pg_engine) -> None:
+    """A settlement locks the run, then its features; a claim locks a feature, then writes a claim
+    row whose foreign key share-locks the run. The run lock must leave key-share alone."""
+    import numpy as np
+
+    from facsynth.db.models import RunFeature
+    from facsynth.db.runs import Candidate, Verdict
+
+    store = Store(pg_engine)
+    run_id = _run(store)
+    runs = Runs(store)
+    cand = runs.add_candidates(run_id, 0, 1, [Candidate(feature=0, attempt=1, step=1, idx=0, role="positive",
+                                                        payload={"text": "t"}, text_hash="h", prompt_hash="p", model="m")])[0]
+    verdict = Verdict(candidate_id=cand.id, target_act=0.5, span=None, feature_ids=np.array([0], dtype=np.int32),
+                      max_acts=np.array([0.5], dtype=np.float32), verdict="rejected", reason="r")
+    errors: list[Exception] = []
+    with store._tx(write=True) as session:  # the claim: feature 0's row first
+        session.execute(select(RunFeature.id).where(RunFeature.run_id == run_id, RunFeature.feature_id == 0)
+                        .with_for_update())
+
+        def settle() -> None:
+            try:
+                runs.settle(run_id, 0, [verdict])
+            except Exception as exc:  # noqa: BLE001 (reported below)
+                errors.append(exc)
+
+        t = threading.Thread(target=settle)
+        t.start()
+        threading.Event().wait(1.0)  # the settlement holds the run and waits for feature 0
+        session.add(RunClaim(run_id=run_id, feature_id=0, worker="w0", claimed_at=utcnow()))
+        session.flush()  # the claim row's foreign key: must not wait for the settlement
+    t.join(30)
+    assert not t.is_alive() and errors == []
+    assert runs.feature(run_id, 0).best_act == pytest.approx(0.5)
+    store.close()
