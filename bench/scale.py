@@ -1,7 +1,7 @@
 """How facsynth scales out, measured side by side in one run: synthesis workers on one
 PostgreSQL run (``--part workers``) and reading a corpus on Ray (``--part measure``).
 
-    python bench/scale.py [--part workers|measure|all] [--workers 1,2,4] [--latency 3.0] [--calls 48]
+    python bench/scale.py [--part workers|measure|all] [--workers 1,2,4] [--latency 6.0] [--calls 32]
                           [--pg-url URL] [--base-url URL --llm-model NAME]
                           [--samples N] [--max-tokens 64] [--threads 2]
 
@@ -350,8 +350,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=["workers", "measure", "all"], default="all")
     parser.add_argument("--workers", default="1,2,4", help="Worker counts, comma-separated (workers part).")
-    parser.add_argument("--latency", type=float, default=3.0, help="Seconds the fake endpoint takes per call.")
-    parser.add_argument("--calls", type=int, default=48, help="Generator-call budget of each run.")
+    parser.add_argument("--latency", type=float, default=6.0, help="Seconds the fake endpoint takes per call.")
+    parser.add_argument("--calls", type=int, default=32, help="Generator-call budget of each run.")
     parser.add_argument("--max-features", type=int, default=200, help="Missing features each run may target.")
     parser.add_argument("--pg-url", default=PG_URL, help="PostgreSQL to create the bench database in.")
     parser.add_argument("--base-url", default=None, help="A real OpenAI-compatible endpoint instead of the fake.")

@@ -156,8 +156,9 @@ def test_a_sigkilled_worker_is_recovered_by_the_others_and_by_a_resume_with_anot
         recovered = db.rows("SELECT feature_id, released_at FROM run_claims WHERE worker = :w AND outcome = 'recovered'",
                             w=name)
         assert {f for f, _ in recovered} & held, "the killed worker's features were not taken over"
-        for f, at in recovered:
-            assert db.one("SELECT count(*) FROM run_claims WHERE feature_id = :f AND claimed_at >= :at", f=f, at=at) >= 1
+        for f, at in recovered:  # worked on again after its worker died, unless another sample covered it meanwhile
+            again_claimed = db.one("SELECT count(*) FROM run_claims WHERE feature_id = :f AND claimed_at >= :at", f=f, at=at)
+            assert again_claimed or db.one("SELECT status FROM run_features WHERE feature_id = :f", f=f) == "covered", f
         assert db.one("SELECT count(*) FROM run_claims WHERE released_at IS NULL") == 0
         left = db.rows("SELECT feature_id, status FROM run_features WHERE status IN ('pending', 'in_progress')")
         assert left == [], "a feature was left behind"

@@ -115,8 +115,11 @@ def _execute_workers(store: Any, run_name: str, cfg: Any, n: int, client: Any) -
     from facsynth.db.runs import Runs
     from facsynth.errors import FacsynthError
     from facsynth.graph.budget import spent
+    from facsynth.graph.runner import open_checkpointer
     from facsynth.graph.workers import run_workers
 
+    with open_checkpointer(store):  # LangGraph's tables exist before the workers start
+        pass
     runs = Runs(store)
     started = time.monotonic()
     endpoints = client.urls if cfg.llm.base_url is None else None

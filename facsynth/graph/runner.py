@@ -189,8 +189,12 @@ def open_checkpointer(store: Store) -> Iterator[Any]:
         conninfo = store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         with PostgresSaver.from_conn_string(conninfo) as saver:
             with store.engine.connect() as conn:  # workers starting at once: one creates the tables, the rest wait
-                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_SAVER_LOCK})
-                conn.commit()  # the session keeps the lock; an open transaction would block CREATE INDEX CONCURRENTLY
+                # with no transaction open while waiting: the set-up's CREATE INDEX CONCURRENTLY waits for every
+                # open transaction of the database, so a waiter blocked inside one would never be let in
+                while not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _PG_SAVER_LOCK}).scalar_one():
+                    conn.commit()
+                    time.sleep(0.2)
+                conn.commit()  # the session keeps the lock
                 try:
                     saver.setup()
                 finally:

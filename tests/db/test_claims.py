@@ -194,3 +194,28 @@ def test_a_settlement_and_a_claim_on_the_same_feature_never_deadlock(pg_engine) 
     assert not t.is_alive() and errors == []
     assert runs.feature(run_id, 0).best_act == pytest.approx(0.5)
     store.close()
+
+
+@pytest.mark.postgres
+def test_workers_starting_at_once_all_get_through_the_checkpointer_set_up(pg_url) -> None:
+    """LangGraph's Postgres saver creates its indexes CONCURRENTLY, which waits for every open
+    transaction of the database: a worker waiting for the set-up must not wait inside one."""
+    from facsynth.graph.runner import open_checkpointer
+
+    stores = [Store(pg_url) for _ in range(3)]
+    through: list[int] = []
+
+    def start(s: Store) -> None:
+        with open_checkpointer(s):
+            through.append(1)
+
+    threads = [threading.Thread(target=start, args=(s,), daemon=True) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert len(through) == 3, "a worker hung in the checkpointer's set-up"
+    finally:
+        for s in stores:
+            s.close()
