@@ -76,7 +76,7 @@ def child_rss(n: int, threads: int) -> None:
     """Stream n unique samples through Reader.count; print peak RSS in MB as JSON."""
     torch.set_num_threads(threads)
     from facsynth.tools.datasets import Dataset, Sample
-    from facsynth.tools.measure import Reader
+    from facsynth.tools.reader import Reader
 
     base = load_samples(720)
     samples = [Sample(text=f"{base[i % 720].plain_text} (variant {i})", messages=None, meta={}) for i in range(n)]

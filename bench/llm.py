@@ -35,8 +35,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from facsynth.agent.llm import LLMClient, LLMConfig
-from facsynth.agent.server import EmbeddedServer, ServerConfig
+from facsynth.agent.config import LLMConfig, ServerConfig
+from facsynth.agent.llm import LLMClient
+from facsynth.agent.server import EmbeddedServer
 from facsynth.db import Store
 
 PROMPTS = ROOT / "facsynth" / "data" / "demo" / "prompts.jsonl"

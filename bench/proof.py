@@ -48,12 +48,12 @@ from facsynth.agent.llm import open_client  # noqa: E402
 from facsynth.db import Store  # noqa: E402
 from facsynth.agent.tasks import resolve_task  # noqa: E402
 from facsynth.db.catalog import Catalog  # noqa: E402
-from facsynth.db.export import records  # noqa: E402
+from facsynth.tools.export import records  # noqa: E402
 from facsynth.tools.relevance import contrast_relevance  # noqa: E402
 from facsynth.graph.config import RunConfig  # noqa: E402
 from facsynth.tools.datasets import Dataset, Sample, load_dataset  # noqa: E402
 from facsynth.tools.downstream import EvalConfig  # noqa: E402
-from facsynth.tools.measure import Reader  # noqa: E402
+from facsynth.tools.reader import Reader  # noqa: E402
 
 ARMS = ("agent", "paper", "unguided")
 

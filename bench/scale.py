@@ -169,7 +169,7 @@ def _worker(db_url: str, run: str, threads: int, start: Any, done: Any) -> None:
     from facsynth.db.runs import Runs
     from facsynth.graph.config import RunConfig
     from facsynth.graph.runner import execute
-    from facsynth.tools.measure import Reader
+    from facsynth.tools.reader import Reader
 
     with Store(db_url) as store:
         cfg = RunConfig.model_validate(Runs(store).get(run).config["config"])
@@ -212,7 +212,7 @@ def workers_section(args: argparse.Namespace) -> dict[str, float]:
     from facsynth.graph.budget import spent
     from facsynth.graph.runner import prepare_run
     from facsynth.graph.workers import threads_per_worker
-    from facsynth.tools.measure import Reader
+    from facsynth.tools.reader import Reader
 
     counts = [int(x) for x in str(args.workers).split(",")]
     endpoint = None if args.base_url else SlowModel(args.latency)
@@ -307,7 +307,7 @@ def identical(a: list, b: list) -> bool:
 
 def measure_section(args: argparse.Namespace) -> None:
     """Single-process vs ``--ray`` (local instance) tokens/s on the same corpus."""
-    from facsynth.tools.measure import Reader
+    from facsynth.tools.reader import Reader
     from facsynth.tools.ray_read import EncoderPool, ray_session
 
     torch.set_num_threads(args.threads)

@@ -44,7 +44,7 @@ from facsynth.db.runs import Runs
 from facsynth.graph.config import RunConfig
 from facsynth.graph.report import CoverageReport, coverage_report
 from facsynth.graph.runner import execute, prepare_run
-from facsynth.tools.measure import Reader
+from facsynth.tools.reader import Reader
 
 DEMO = ROOT / "facsynth" / "data" / "demo"
 

@@ -26,27 +26,28 @@ __all__ = [
 from facsynth.errors import FacsynthError
 
 if TYPE_CHECKING:
-    from facsynth.agent.chat import open_chat
-    from facsynth.db.export import export_run
+    from facsynth.chat.session import open_chat
+    from facsynth.tools.export import export_run
     from facsynth.graph.api import resume, synthesize
     from facsynth.graph.report import coverage_report
     from facsynth.tools.datasets import load_dataset
     from facsynth.tools.downstream import EvalReport, evaluate
-    from facsynth.tools.measure import MeasureReport, Reader, measure
+    from facsynth.tools.measure import MeasureReport, measure
+    from facsynth.tools.reader import Reader
     from facsynth.tools.model import load as load_model
     from facsynth.tools.sae import load_sae
 
 _LAZY = {
     "measure": ("facsynth.tools.measure", "measure"),
-    "Reader": ("facsynth.tools.measure", "Reader"),
+    "Reader": ("facsynth.tools.reader", "Reader"),
     "MeasureReport": ("facsynth.tools.measure", "MeasureReport"),
     "evaluate": ("facsynth.tools.downstream", "evaluate"),
     "EvalReport": ("facsynth.tools.downstream", "EvalReport"),
     "synthesize": ("facsynth.graph.api", "synthesize"),
     "resume": ("facsynth.graph.api", "resume"),
-    "export_run": ("facsynth.db.export", "export_run"),
+    "export_run": ("facsynth.tools.export", "export_run"),
     "coverage_report": ("facsynth.graph.report", "coverage_report"),
-    "open_chat": ("facsynth.agent.chat", "open_chat"),
+    "open_chat": ("facsynth.chat.session", "open_chat"),
     "load_dataset": ("facsynth.tools.datasets", "load_dataset"),
     "load_sae": ("facsynth.tools.sae", "load_sae"),
     "load_model": ("facsynth.tools.model", "load"),

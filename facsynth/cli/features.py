@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from facsynth.cli.on_ray import RAY, RAY_ACTORS, join_ray, ray_pool
+from facsynth.cli.options import API_KEY_ENV, DB
 
 if TYPE_CHECKING:
     from facsynth.db import Store
@@ -34,7 +35,6 @@ console = Console()
 
 # -- shared options --------------------------------------------------------------------------------
 
-DB = typer.Option(None, "--db", help="SQLAlchemy URL of the store (default: $FACSYNTH_DB or sqlite:///facsynth.db).")
 READER = typer.Option(None, "--reader", help="Reader id (model, layer, SAE) whose catalog to use; needed when the store holds several.")
 CORPUS = typer.Option(None, "--corpus", help="Name of the collected corpus whose spans to use (default: the latest).")
 FEATURES = typer.Option(None, "--features", "-f", help="Feature ids: a comma list (1,2,3) or a file (one a line, JSON list, TSV).")
@@ -46,7 +46,6 @@ ACTIVATION = typer.Option(None, "--activation", help="relu (TopK off, the author
 DEVICE = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto.")
 BASE_URL = typer.Option(None, "--base-url", help="OpenAI-compatible base URL (default: the embedded llama.cpp server).")
 LLM_MODEL = typer.Option(None, "--llm-model", help="Model name sent to the endpoint (default: smollm2-135m-instruct).")
-API_KEY_ENV = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key (never stored).")
 CONCURRENCY = typer.Option(4, "--concurrency", min=1, help="LLM requests in flight at once.")
 FORCE = typer.Option(False, "--force", help="Redo features that already have a result.")
 
@@ -59,7 +58,7 @@ def _store(db: str | None) -> Store:
 
 def _reader(model: str | None, sae: str | None, layer: int | None, activation: str | None, device: str, db: str | None) -> Any:
     from facsynth.errors import InputError
-    from facsynth.tools.measure import Reader
+    from facsynth.tools.reader import Reader
 
     if activation not in (None, "relu", "sae"):
         raise InputError(f"unknown activation {activation!r}; choose relu or sae")
@@ -111,8 +110,7 @@ def _feature_list(spec: str | None) -> list[int] | None:
 
 
 def _llm_config(base_url: str | None, llm_model: str | None, api_key_env: str, concurrency: int) -> Any:
-    from facsynth.agent.llm import DEFAULT_MODEL, LLMConfig
-    from facsynth.agent.server import ServerConfig
+    from facsynth.agent.config import DEFAULT_MODEL, LLMConfig, ServerConfig
 
     server = ServerConfig(instances=max(1, min(concurrency, os.cpu_count() or 1, 16)))  # one request per instance
     return LLMConfig(

@@ -13,6 +13,8 @@ import time
 import typer
 from rich.console import Console
 
+from facsynth.cli.options import DB
+
 app = typer.Typer(no_args_is_help=True)
 console = Console(stderr=True)  # stdout carries only the base URLs
 
@@ -32,7 +34,8 @@ def serve_command(
     n_ctx: int = typer.Option(2048, "--n-ctx", min=128, help="Context window per instance, in tokens."),
 ) -> None:
     """Run llama.cpp's OpenAI-compatible server on 127.0.0.1 until Ctrl-C."""
-    from facsynth.agent.server import EmbeddedServer, ServerConfig
+    from facsynth.agent.config import ServerConfig
+    from facsynth.agent.server import EmbeddedServer
 
     from facsynth.agent.writers import is_writer
 
@@ -55,7 +58,7 @@ def serve_command(
 
 @app.command("totals")
 def totals_command(
-    db: str | None = typer.Option(None, "--db", help="SQLAlchemy URL of the store (default: $FACSYNTH_DB or sqlite:///facsynth.db)."),
+    db: str | None = DB,
     run: str | None = typer.Option(None, "--run", help="Only the calls of this run id."),
 ) -> None:
     """LLM calls recorded in the store: counts by outcome, tokens, latency."""

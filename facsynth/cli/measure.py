@@ -14,6 +14,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from facsynth.cli.on_ray import RAY, RAY_ACTORS, join_ray, ray_pool
+from facsynth.cli.options import DB
 
 console = Console()
 
@@ -34,7 +35,7 @@ def measure_command(
     batch_size: int = typer.Option(32, "--batch-size", help="Samples per forward pass."),
     max_tokens: int = typer.Option(512, "--max-tokens", help="Tokens read per sample (longer samples are truncated)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Read only the first N samples of each file."),
-    db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL of the store (default: $FACSYNTH_DB or sqlite:///facsynth.db)."),
+    db: Optional[str] = DB,
     no_store: bool = typer.Option(False, "--no-store", help="Do not read or write stored activations."),
     show_missing: int = typer.Option(20, "--show-missing", help="Missing feature ids to print (all are in --json)."),
     ray: Optional[str] = RAY,
@@ -44,7 +45,7 @@ def measure_command(
     from facsynth.errors import InputError
     from facsynth.tools.datasets import load_dataset
     from facsynth.tools.fac import read_feature_ids
-    from facsynth.tools.measure import Reader
+    from facsynth.tools.reader import Reader
 
     if activation not in (None, "relu", "sae"):
         raise InputError(f"unknown activation {activation!r}; choose relu or sae")

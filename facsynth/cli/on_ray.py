@@ -33,7 +33,7 @@ def join_ray(stack: ExitStack, address: str | None, console: Console) -> bool:
 
 
 def ray_pool(reader: Any, actors: int | None, console: Console) -> Any:
-    """The pool of Ray actors that reads for ``reader`` (a :class:`facsynth.tools.measure.Reader`)."""
+    """The pool of Ray actors that reads for ``reader`` (a :class:`facsynth.tools.reader.Reader`)."""
     from facsynth.tools.ray_read import EncoderPool
 
     pool = EncoderPool(reader.encoder, actors=actors)

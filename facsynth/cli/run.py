@@ -15,12 +15,14 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from facsynth.cli.from_config import config_command
+from facsynth.cli.options import API_KEY_ENV, DB
+from facsynth.graph.config import RunConfig
+
 console = Console()
 
-DB = typer.Option(None, "--db", help="SQLAlchemy URL of the store (default: $FACSYNTH_DB or sqlite:///facsynth.db).")
 BASE_URL = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint of the generator; default: the embedded llama.cpp server.")
 LLM_MODEL = typer.Option(None, "--llm-model", help="Generator model name sent with each request.")
-API_KEY_ENV = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key (never stored).")
 WORKERS = typer.Option(
     1, "--workers", "-w", min=1,
     help="Worker processes synthesizing at once (PostgreSQL --db only; add more later with `facsynth worker RUN`).",
@@ -34,7 +36,7 @@ def _budget(calls: int | None, tokens: int | None, seconds: float | None) -> dic
 
 def _llm(base_url: str | None, llm_model: str | None, api_key_env: str, batch: int, seed: int = 0,
          writer: str | None = None, workers: int = 1) -> dict[str, Any]:
-    from facsynth.agent.llm import DEFAULT_MODEL
+    from facsynth.agent.config import DEFAULT_MODEL
     from facsynth.agent.writers import WRITERS
     from facsynth.errors import InputError
 
@@ -209,37 +211,26 @@ def _print_report(rep: Any) -> None:
     console.print(t)
 
 
+RUN_FLAGS = {
+    "task": ("--task", "-t"), "seed": ("--seed", "-s"), "anchor": ("--anchor", "-a"), "model": ("--model", "-m"),
+    "layer": ("--layer", "-l"), "near_duplicate_cosine": ("--near-dup",), "quality": ("--quality/--no-quality",),
+    "quality_judge": ("--judge/--no-judge",),
+}
+"""Flags of :class:`~facsynth.graph.config.RunConfig` fields that are not ``--field-name``."""
+
+
+@config_command(RunConfig, RUN_FLAGS, skip=("budget", "llm"))
 def run_command(
-    task: str = typer.Option(..., "--task", "-t", help="Task: a preset (toxicity, instruction-following, helpfulness, sycophancy, survival-instinct, sms-spam) or one from --tasks-file."),
-    seed: Path = typer.Option(..., "--seed", "-s", help="The data whose gaps are filled (JSONL, CSV/TSV, text, HF dataset dir)."),
-    anchor: Optional[Path] = typer.Option(None, "--anchor", "-a", help="Corpus of the task's domain: F = relevant features active on it."),
-    target_fac: float = typer.Option(0.9, "--target-fac", help="Stop when FAC over F reaches this."),
     budget_calls: Optional[int] = typer.Option(None, "--budget-calls", help="Stop after this many generator LLM calls."),
     budget_tokens: Optional[int] = typer.Option(None, "--budget-tokens", help="Stop after this many LLM tokens (in + out)."),
     budget_seconds: Optional[float] = typer.Option(None, "--budget-seconds", help="Stop after this much synthesis wall time."),
-    max_attempts: int = typer.Option(4, "--max-attempts", help="Generator calls per feature before it is exhausted (agent)."),
-    strategy: str = typer.Option("agent", "--strategy", help="agent (feedback, retries), paper (the authors' fixed two steps) or unguided (new samples from seed examples, no features: the baseline)."),
     run_name: Optional[str] = typer.Option(None, "--run", help="Run name (default: TASK-DATE-TIME)."),
-    batch: int = typer.Option(2, "--batch", help="Features worked on at once (concurrent generator calls)."),
-    max_features: Optional[int] = typer.Option(None, "--max-features", help="Target only the N highest-priority missing features."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Acceptance threshold of the target's activation (default: delta)."),
-    delta: Optional[float] = typer.Option(None, "--delta", help="Activation above which a feature is active (default: the SAE's recommended delta)."),
-    near_dup: float = typer.Option(0.95, "--near-dup", help="Feature-vector cosine at or above which a candidate is a near duplicate."),
-    min_words: int = typer.Option(4, "--min-words", help="Candidates with fewer words are rejected whatever they fire."),
-    negative_min_new: int = typer.Option(3, "--negative-min-new", help="An accepted negative joins the data when it covers this many missing features (0: never)."),
-    quality: bool = typer.Option(True, "--quality/--no-quality", help="Reject candidates that are not fluent, off the anchor's topic or not a request, whatever they fire (thresholds calibrated on the anchor)."),
-    quality_pass: float = typer.Option(0.95, "--quality-pass", help="Share of the anchor the quality checks let through: the calibration quantile."),
-    judge: bool = typer.Option(False, "--judge/--no-judge", help="Also ask the LLM whether each candidate the checks accept is a usable sample (Yes/No; counts as LLM calls)."),
-    review: bool = typer.Option(False, "--review", help="Stop before accepting each batch until you approve, deny or edit it in `facsynth chat RUN`."),
-    tasks_file: Optional[Path] = typer.Option(None, "--tasks-file", help="TOML or YAML file of task definitions."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Subject model (default: bundled SmolLM2-135M-Instruct)."),
-    sae: Optional[str] = typer.Option(None, "--sae", help="SAE (default: the shipped SAE)."),
-    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Decoder block read (default: the SAE's)."),
     base_url: Optional[str] = BASE_URL, llm_model: Optional[str] = LLM_MODEL, api_key_env: str = API_KEY_ENV,
     llm_seed: int = typer.Option(0, "--llm-seed", min=0, help="Sampling seed: the same seed and data give the same run; vary it to see the spread."),
-    writer: Optional[str] = typer.Option(None, "--writer", help="A stronger local generator on the embedded server: qwen2.5-coder-1.5b (extra [writer]) or qwen2.5-coder-0.5b (extra [writer-small])."),
+    writer: Optional[str] = typer.Option(None, "--writer", help="A stronger local generator on the embedded server: qwen2.5-coder-1.5b (extra: writer) or qwen2.5-coder-0.5b (extra: writer-small)."),
     workers: int = WORKERS,
     db: Optional[str] = DB, report_dir: Path = REPORT_DIR,
+    **fields: Any,
 ) -> None:
     """Measure DATA's gaps over the task's features, then synthesize until the FAC target or the budget."""
     from facsynth.db.store import open_store
@@ -254,13 +245,8 @@ def run_command(
         except ValueError as exc:
             raise InputError(str(exc)) from None
     cfg = validated({
-        "task": task, "seed": str(seed), "anchor": str(anchor) if anchor else None,
-        "tasks_file": str(tasks_file) if tasks_file else None, "target_fac": target_fac,
-        "budget": _budget(budget_calls, budget_tokens, budget_seconds), "strategy": strategy,
-        "max_attempts": max_attempts, "batch": batch, "max_features": max_features, "delta": delta,
-        "threshold": threshold, "near_duplicate_cosine": near_dup, "min_words": min_words, "negative_min_new": negative_min_new,
-        "quality": quality, "quality_pass": quality_pass, "quality_judge": judge, "review": review, "model": model, "sae": sae, "layer": layer,
-        "llm": _llm(base_url, llm_model, api_key_env, batch, llm_seed, writer, workers),
+        **fields, "budget": _budget(budget_calls, budget_tokens, budget_seconds),
+        "llm": _llm(base_url, llm_model, api_key_env, fields["batch"], llm_seed, writer, workers),
     })
     with open_store(db) as store, ExitStack() as stack:
         from facsynth.graph.workers import check_workers
@@ -425,7 +411,7 @@ def export_command(
     db: Optional[str] = DB,
 ) -> None:
     """Export a run's accepted samples with provenance, as chat messages and Alpaca-style records."""
-    from facsynth.db.export import export_run
+    from facsynth.tools.export import export_run
     from facsynth.db.store import open_store
 
     target = out or Path(f"{run_name}.{ 'hf' if fmt == 'hf' else fmt}")

@@ -21,7 +21,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from sqlalchemy import case, func, select, update
@@ -146,6 +146,27 @@ class Verdict:
     """The reason as a code of :data:`facsynth.tools.quality.REASONS`."""
     checks: dict[str, Any] | None = None
     """The quality signals it was judged with (stored with the verdict)."""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What settlement does with one candidate the verifier wanted to add (``Verdict.accept``):
+    decided by :func:`facsynth.graph.acceptance.admit`, applied by :meth:`Runs.settle`."""
+
+    joins: bool
+    """It becomes a sample of the run and credits what it fires that is still missing."""
+    code: str | None = None
+    """Its reason code from now on (None: keep the verifier's)."""
+    verdict: str | None = None
+    """Its verdict from now on (None: keep the verifier's)."""
+    reason: str | None = None
+    """Its reason from now on (None: keep the verifier's)."""
+
+
+class Admits(Protocol):
+    """The settlement rule (:func:`facsynth.graph.acceptance.admit`)."""
+
+    def __call__(self, v: Verdict, *, role: str, same_text_as: int | None, credits: Sequence[int]) -> Admission: ...
 
 
 @dataclass(frozen=True)
@@ -391,16 +412,17 @@ class Runs:
         feature: int,
         verdicts: Sequence[Verdict],
         *,
+        admit: Admits,
         covered_status: str | None = None,
         exhausted_reason: str | None = None,
         release: bool = False,
     ) -> list[int]:
         """Write one attempt's verdicts, its accepted samples and their coverage, atomically.
 
-        An accepted verdict adds a sample (unless its normalized text is a sample of the
-        run already) and credits every feature of the run it fires that is not covered
-        yet; one with ``min_new`` (a negative, or a positive that missed its target) joins only
-        when it credits that many, keeping its verdict (a missed target stays ``rejected``). Then the
+        For each verdict that asks to add its candidate (``accept``), ``admit`` (the rule,
+        :func:`facsynth.graph.acceptance.admit`) decides from what this transaction reads: a
+        sample of the run with the same normalized text, and the features it fires that no
+        sample covers yet. One that joins becomes a sample and credits those features. Then the
         target becomes ``covered`` when it is, else ``exhausted`` (with
         ``exhausted_reason``), else stays ``in_progress`` (``pending`` with ``release``).
         Returns the features this call covered.
@@ -431,13 +453,6 @@ class Runs:
                 exists = session.scalar(
                     select(RunSample.id).where(RunSample.run_id == run_id, RunSample.text_hash == row.text_hash)
                 )
-                if exists is not None:
-                    if not v.min_new:
-                        row.verdict, row.reason = "duplicate", f"same text as accepted sample {exists}"
-                        row.reason_code = "duplicate"
-                    elif row.role == "negative":
-                        row.reason_code = "example"
-                    continue
                 fires = [int(f) for f in v.fires]
                 credited = list(
                     session.scalars(
@@ -447,12 +462,13 @@ class Runs:
                             RunFeature.covered_by.is_(None),
                         )
                     )
-                ) if fires else []
-                if len(credited) < v.min_new:
-                    if row.role == "negative":
-                        row.reason_code = "example"  # a valid negative that adds too little: contrast only
+                ) if fires and exists is None else []
+                decision = admit(v, role=row.role, same_text_as=exists, credits=credited)
+                row.verdict = decision.verdict or row.verdict
+                row.reason = decision.reason or row.reason
+                row.reason_code = decision.code or row.reason_code
+                if not decision.joins:
                     continue
-                row.reason_code = "joined"
                 sample = RunSample(
                     run_id=run_id, candidate_id=row.id, feature_id=feature, text_hash=row.text_hash,
                     activation=float(v.target_act), covered="[]", created_at=now,

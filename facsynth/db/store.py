@@ -5,7 +5,7 @@ default, PostgreSQL or any other SQLAlchemy database otherwise) and holds:
 
 * readers: the measurement identities (model, layer, SAE, reading modes);
 * datasets and their samples (samples are shared between datasets);
-* per-sample sparse SAE hits (:class:`~facsynth.tools.activations.SampleFeatures`);
+* per-sample sparse SAE hits (:class:`~facsynth.records.SampleFeatures`);
 * LLM calls (for cost and failure accounting) and the LLM reply cache.
 
 Every public method runs in one transaction. Writes that may race with another
@@ -56,7 +56,7 @@ from facsynth.db.models import (
     SampleFeatureRow,
 )
 from facsynth.errors import StoreError
-from facsynth.tools.activations import SampleFeatures
+from facsynth.records import SampleFeatures
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -14,7 +14,7 @@
 Both return the run's :class:`~facsynth.graph.report.CoverageReport`. With no ``client``
 the run's own endpoint is used (``llm={"base_url": ..., "model": ...}``; the embedded
 llama.cpp server when ``base_url`` is None, started and stopped around the run); pass an
-:class:`~facsynth.agent.llm.LLMClient` as ``client`` to reuse one, and a :class:`~facsynth.tools.measure.Reader` to reuse a loaded model.
+:class:`~facsynth.agent.llm.LLMClient` as ``client`` to reuse one, and a :class:`~facsynth.tools.reader.Reader` to reuse a loaded model.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from facsynth.errors import InputError
 from facsynth.graph.config import RunConfig
 from facsynth.graph.report import CoverageReport, coverage_report
 from facsynth.graph.runner import OnStep, execute, prepare_run
-from facsynth.tools.measure import Reader
+from facsynth.tools.reader import Reader
 
 
 def validated(data: dict[str, Any]) -> RunConfig:

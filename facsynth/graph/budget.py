@@ -1,4 +1,4 @@
-"""What a run has spent, and whether it must stop."""
+"""What a run has spent, whether it must stop, and whether retries pay for their calls."""
 
 from __future__ import annotations
 
@@ -35,3 +35,9 @@ def stop_reason(summary: Summary, cfg: RunConfig, used: Spent) -> str | None:
     if b.seconds is not None and used.seconds >= b.seconds:
         return f"budget spent: {used.seconds:.0f} s (budget {b.seconds:.0f} s)"
     return None
+
+
+def retries_pay(first: int, first_ok: int, retries: int, retries_ok: int) -> bool:
+    """Whether a retry with feedback has been at least as likely to be accepted as a first
+    attempt on a fresh feature, in this run so far (Laplace-smoothed rates; ties retry)."""
+    return (retries_ok + 1) / (retries + 2) >= (first_ok + 1) / (first + 2)

@@ -2,7 +2,7 @@
 
 The CLI's ``facsynth run`` options map one to one onto :class:`RunConfig` fields. The
 model holds no secret (an API key stays in the environment variable that
-:class:`~facsynth.agent.llm.LLMConfig` names), so it is stored and shown as it is.
+:class:`~facsynth.agent.config.LLMConfig` names), so it is stored and shown as it is.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from facsynth.agent.llm import LLMConfig
+from facsynth.agent.config import LLMConfig
 
 Strategy = Literal["agent", "paper", "unguided"]
 STRATEGIES: tuple[str, ...] = ("agent", "paper", "unguided")
@@ -33,22 +33,34 @@ class Budget(BaseModel):
 
 
 class RunConfig(BaseModel):
-    """A synthesis run: data, task, target, budget and how candidates are judged."""
+    """A synthesis run: data, task, target, budget and how candidates are judged.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Each field is one option of ``facsynth run`` (:mod:`facsynth.cli.from_config`), with this
+    default and the first sentence of its docstring as help; ``budget`` and ``llm`` have
+    their own options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     task: str
-    """Task name (preset or from ``tasks_file``): the sample format and, where the store has
-    them, the relevant features."""
+    """Task: a preset (toxicity, instruction-following, helpfulness, sycophancy,
+    survival-instinct, sms-spam) or one from the tasks file. It gives the sample format
+    and, where the store has them, the relevant features."""
     seed: str
-    """The data whose gaps are filled (any format ``facsynth measure`` reads)."""
+    """The data whose gaps are filled (JSONL, CSV/TSV, text, HF dataset dir: any format
+    ``facsynth measure`` reads)."""
     anchor: str | None = None
-    """The corpus that defines the task's domain; F = relevant features active on it."""
+    """Corpus of the task's domain: F = relevant features active on it."""
     tasks_file: str | None = None
+    """TOML or YAML file of task definitions."""
     target_fac: float = Field(0.9, gt=0.0, le=1.0)
+    """Stop when FAC over F reaches this."""
     budget: Budget = Field(default_factory=Budget)
+    """When to stop spending (``--budget-calls``, ``--budget-tokens``, ``--budget-seconds``)."""
     strategy: Strategy = "agent"
-    """``agent``: feedback, retries, skips what is covered; ``paper``: the authors' fixed
+    """How candidates are written: agent (feedback, retries), paper (the authors' fixed two
+    steps) or unguided (new samples from seed examples, no features: the baseline).
+
+    ``agent``: feedback, retries, skips what is covered; ``paper``: the authors' fixed
     two-step pipeline (2 samples per feature, then 2 with the pair; no feedback, no retry);
     ``unguided``: the baseline users would otherwise pick, self-instruct style: each call
     writes 2 new samples from a few seed examples, no features, no target check (the
@@ -58,11 +70,12 @@ class RunConfig(BaseModel):
     batch: int = Field(2, ge=1, le=64)
     """Features worked on at once (their generator calls run concurrently)."""
     max_features: int | None = Field(None, ge=1)
-    """Keep only the first N missing features by priority (a small, quick run)."""
+    """Target only the N highest-priority missing features (a small, quick run)."""
     delta: float | None = None
-    """Activation above which a feature counts as active; None: the SAE's recommended delta."""
+    """Activation above which a feature is active (default: the SAE's recommended delta)."""
     threshold: float | None = None
-    """A positive is accepted above it, a negative below it; None: the measuring delta."""
+    """Acceptance threshold of the target's activation (default: delta). A positive is
+    accepted above it, a negative below it."""
     negative_min_new: int = Field(3, ge=0, le=1000)
     """An accepted negative joins the data when it covers at least this many missing features
     nothing covers yet (0: negatives are contrast only, never data)."""
@@ -73,8 +86,8 @@ class RunConfig(BaseModel):
     sample is a near duplicate and is rejected."""
     quality: bool = True
     """Reject candidates that are no usable sample of the task whatever they fire: not fluent,
-    off the anchor's topic, not a request (thresholds calibrated on the anchor, see
-    :mod:`facsynth.tools.quality`). Off: only the text checks apply."""
+    off the anchor's topic, not a request (thresholds calibrated on the anchor). Off: only the
+    text checks apply (:mod:`facsynth.tools.quality`)."""
     quality_pass: float = Field(0.95, ge=0.5, le=1.0)
     """Share of the anchor each model check lets through: the calibration quantile."""
     quality_judge: bool = False
@@ -82,10 +95,13 @@ class RunConfig(BaseModel):
     (Yes/No with a reason); a reply that does not parse leaves the decision to the checks.
     Judge calls are LLM calls of the run (they count against the call budget)."""
     review: bool = False
-    """Stop before accepting each batch until the user approves, denies or edits its candidates."""
+    """Stop before accepting each batch until you approve, deny or edit it in `facsynth chat RUN`."""
     model: str | None = None
+    """Subject model (default: bundled SmolLM2-135M-Instruct)."""
     sae: str | None = None
+    """SAE (default: the shipped SAE)."""
     layer: int | None = None
+    """Decoder block read (default: the SAE's)."""
     llm: LLMConfig = Field(default_factory=lambda: LLMConfig(temperature=0.8, top_p=0.9, max_tokens=320))
     """The generator's endpoint and sampling (the paper: temperature 0.8, top_p 0.9)."""
 

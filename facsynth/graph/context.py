@@ -23,11 +23,11 @@ from facsynth.db.claims import Claims
 from facsynth.db.runs import RunRecord, Runs
 from facsynth.db.store import Store
 from facsynth.graph.config import RunConfig
-from facsynth.tools.activations import SampleFeatures
+from facsynth.records import SampleFeatures
 from facsynth.tools.datasets import Sample, sample_from_row
-from facsynth.tools.measure import Reader
+from facsynth.tools.reader import Reader
 from facsynth.tools.quality import Calibration, TopicIndex
-from facsynth.tools.verifier import DuplicateIndex, Verifier, span_text, text_hash
+from facsynth.tools.candidates import DuplicateIndex, Verifier, span_text, text_hash
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from facsynth.graph.prompts import GenerationRequest, Shown, render, reply_examp
 from facsynth.graph.state import SynthState
 from facsynth.tools.datasets import Sample
 from facsynth.tools.quality import ADVICE
-from facsynth.tools.verifier import span_text, text_hash
+from facsynth.tools.candidates import span_text, text_hash
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from langgraph.runtime import Runtime
 
 from facsynth.db.runs import EXCLUDED_BY_USER, HELD_BACK, FeatureState, Runs
 from facsynth.graph import directives
-from facsynth.graph.budget import spent, stop_reason
+from facsynth.graph.budget import retries_pay, spent, stop_reason
 from facsynth.graph.context import RunContext, resources
 from facsynth.graph.state import SynthState
 
@@ -43,7 +43,7 @@ def choose(
     """The next ``n`` targets among ``features`` (pure: no store access).
 
     ``prefer_fresh``: features never tried come before retries (the run's retries pay less
-    than first attempts, see :func:`retries_pay`)."""
+    than first attempts, see :func:`facsynth.graph.budget.retries_pay`)."""
     if strategy == "unguided":  # the features are only call slots: one call each, on what is still missing
         todo = [f for f in features if f.attempts == 0 and f.status == "pending" and f.feature not in exclude]
         return [f.feature for f in sorted(todo, key=lambda f: (-f.priority, f.feature))[:n]]
@@ -56,12 +56,6 @@ def choose(
     todo.sort(key=lambda f: (f.status != "in_progress", f.feature not in focus, prefer_fresh and f.attempts > 0,
                              -f.priority, f.attempts, f.feature))
     return [f.feature for f in todo[:n]]
-
-
-def retries_pay(first: int, first_ok: int, retries: int, retries_ok: int) -> bool:
-    """Whether a retry with feedback has been at least as likely to be accepted as a first
-    attempt on a fresh feature, in this run so far (Laplace-smoothed rates; ties retry)."""
-    return (retries_ok + 1) / (retries + 2) >= (first_ok + 1) / (first + 2)
 
 
 WAIT_POLL_S = 0.5

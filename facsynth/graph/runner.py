@@ -38,7 +38,7 @@ from facsynth.graph.context import RunContext, open_resources
 from facsynth.graph.graph import build_graph
 from facsynth.graph.prompts import task_labels
 from facsynth.tools.datasets import Dataset, load_dataset
-from facsynth.tools.measure import Reader
+from facsynth.tools.reader import Reader
 from facsynth.tools.quality import calibrate_on
 
 log = logging.getLogger(__name__)

@@ -1,17 +1,10 @@
 """The verifier node: reads every new candidate through the SAE and settles each attempt.
 
-A candidate that is no usable sample of the task is rejected whatever it fires, positive
-or negative alike: the rule of :mod:`facsynth.tools.quality` (text checks; fluent, on the
-anchor's topic and a request, with thresholds calibrated on the anchor; on a labelled task a
-label the anchor-trained probe finds unlikely; then, when the run
-asks for it, an LLM judge's Yes/No). A positive (or a paper-strategy sample) is accepted when the target's
-activation exceeds the run's threshold and it is neither an exact nor a near duplicate of
-the seed or of an accepted sample; it becomes a sample of the run and covers every missing
-feature it fires (:meth:`facsynth.db.runs.Runs.settle`, one transaction); an agent's usable
-positive that misses its target joins on the same terms as a negative. A negative is
-accepted when the target stays at or below the threshold; it joins the samples too when it
-fires at least ``negative_min_new`` missing features nothing covers yet (a natural sample
-on the target's topic, and the contrast to its positive). A feature that is still missing goes back to the generator
+Per batch it reads the candidates (one forward pass), runs the quality checks of
+:mod:`facsynth.tools.quality` (then the LLM judge, when the run asks for it), looks up
+duplicates, and lets :mod:`facsynth.graph.acceptance` (the whole acceptance rule) decide;
+the store settles each attempt in one transaction (:meth:`facsynth.db.runs.Runs.settle`).
+A feature that is still missing goes back to the generator
 with feedback until its attempt cap (agent), or after its two steps (paper); then it is
 marked exhausted with the reason.
 
@@ -32,9 +25,9 @@ from langgraph.types import interrupt
 from facsynth.agent.llm import LLMClient, ReplyParseError
 from facsynth.db.runs import Candidate, Runs, Verdict
 from facsynth.graph import directives
-from facsynth.graph.budget import spent, stop_reason
+from facsynth.graph.acceptance import admit, judge_problem, judge_with, verdict_rule
+from facsynth.graph.budget import retries_pay, spent, stop_reason
 from facsynth.graph.config import RunConfig
-from facsynth.graph.planner import retries_pay
 from facsynth.graph.context import Resources, RunContext, resources
 from facsynth.graph.state import SynthState
 from facsynth.graph.prompts import REPLY_ECHOES, task_sample_format
@@ -48,59 +41,9 @@ from facsynth.tools.quality import (
     read_signals,
     text_problem,
 )
-from facsynth.tools.verifier import Reading
+from facsynth.tools.candidates import Reading
 
 log = logging.getLogger(__name__)
-
-
-def judge(
-    c: Candidate, r: Reading, *, threshold: float, delta: float, adds: bool, duplicate: str | None,
-    problem: Problem | None = None, negative_min_new: int = 3, checks: dict[str, Any] | None = None,
-    needs_target: bool = True, miss_min_new: int = 0,
-) -> Verdict:
-    """The verdict on one candidate (pure). ``problem``: why it is no usable sample at all
-    (text, model or LLM-judge check, :mod:`facsynth.tools.quality`), for positives and
-    negatives alike; ``negative_min_new``: missing features an accepted negative must cover
-    to join the data (0: negatives never join); ``checks``: the signals, stored with it;
-    ``needs_target``: False for the unguided baseline, whose samples target no feature;
-    ``miss_min_new``: a usable positive that misses its target still joins the data when it
-    covers this many missing features (0: never; the agent uses ``negative_min_new``), while
-    its target goes back to the generator as rejected."""
-    act = r.target_act
-    common = {
-        "candidate_id": c.id, "target_act": act, "span": r.span, "feature_ids": r.features.feature_ids,
-        "max_acts": r.features.max_acts, "fires": [int(f) for f in r.fires(delta)], "checks": checks,
-    }
-    if problem is not None:
-        return Verdict(**common, verdict="rejected", reason=f"quality: {problem.message}", code=problem.code)
-    if c.role == "negative":
-        if act > threshold:
-            return Verdict(**common, verdict="rejected", reason=f"negative fires the target: {act:.2f} > {threshold:g}",
-                           code="fires_target")
-        joins = adds and duplicate is None and negative_min_new > 0
-        return Verdict(**common, verdict="accepted", reason=f"negative stays below: {act:.2f} <= {threshold:g}",
-                       accept=joins, min_new=max(negative_min_new, 1), code="joined" if joins else "example")
-    if not needs_target:
-        if duplicate is not None:
-            return Verdict(**common, verdict="duplicate", reason=duplicate, code="duplicate")
-        return Verdict(**common, verdict="accepted", reason="unguided sample: a usable sample of the task", accept=adds,
-                       code="joined" if adds else "example")
-    if act <= threshold:
-        joins = miss_min_new > 0 and adds and duplicate is None
-        return Verdict(**common, verdict="rejected", reason=f"target reached {act:.2f}, needs > {threshold:g}"
-                       + (f" (joins if it covers {miss_min_new}+ missing features)" if joins else ""),
-                       code="target_not_fired", accept=joins, min_new=max(miss_min_new, 1))
-    if duplicate is not None:
-        return Verdict(**common, verdict="duplicate", reason=duplicate, code="duplicate")
-    return Verdict(**common, verdict="accepted", reason=f"target fires: {act:.2f} > {threshold:g}", accept=adds,
-                   code="joined" if adds else "example")
-
-
-def judge_problem(reply: JudgeReply | None) -> Problem | None:
-    """The LLM judge's No as a :class:`Problem` (pure); a Yes, or no usable reply, is none."""
-    if reply is None or reply.verdict == "Yes":
-        return None
-    return Problem("judge_no", f"the LLM judge said No: {reply.reason}")
 
 
 def _judge_all(res: Resources, cfg: RunConfig, pairs: list[tuple[Candidate, Reading]], run_name: str) -> list[Verdict]:
@@ -121,15 +64,13 @@ def _judge_all(res: Resources, cfg: RunConfig, pairs: list[tuple[Candidate, Read
             if problems[i] is None and cal.label is not None:  # a labelled task: the label must fit the text
                 problems[i], prob = label_problem(pairs[i][1].features.pooled, pairs[i][0].label, cal.label)
                 checks[i]["label_prob"] = round(prob, 4)
-    adds = [cfg.strategy != "paper" or c.step == 2 for c, _ in pairs]  # paper: only step-2 samples join
+    rule = verdict_rule(cfg)
     dup = [dups.check(c.text_hash, r.features) if p is None else None for (c, r), p in zip(pairs, problems)]
 
     def decide() -> list[Verdict]:
         return [
-            judge(c, r, threshold=res.threshold, delta=res.delta, adds=a, duplicate=d, problem=p,
-                  negative_min_new=cfg.negative_min_new, checks=k, needs_target=cfg.strategy != "unguided",
-                  miss_min_new=cfg.negative_min_new if cfg.strategy == "agent" else 0)
-            for (c, r), a, d, p, k in zip(pairs, adds, dup, problems, checks)
+            judge_with(rule, c, r, threshold=res.threshold, delta=res.delta, duplicate=d, problem=p, checks=k)
+            for (c, r), d, p, k in zip(pairs, dup, problems, checks)
         ]
 
     verdicts = decide()
@@ -181,7 +122,7 @@ def _settle_feature(
         exhausted = f"{attempt} attempt(s) reached at most {best:.2f}, needs > {res.threshold:g}"
     else:
         exhausted = None
-    runs.settle(res.run.id, feature, verdicts, exhausted_reason=exhausted)
+    runs.settle(res.run.id, feature, verdicts, admit=admit, exhausted_reason=exhausted)
     # only what joined the data guards against duplicates (an accepted negative that
     # credited too few features did not), as the index rebuilt on resume has it
     joined = runs.sample_ids(res.run.id, [v.candidate_id for v in verdicts if v.accept])

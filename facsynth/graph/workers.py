@@ -31,7 +31,7 @@ from facsynth.db.store import Store
 from facsynth.errors import InputError
 from facsynth.graph.config import RunConfig
 from facsynth.graph.runner import OnStep, execute
-from facsynth.tools.measure import Reader
+from facsynth.tools.reader import Reader
 
 log = logging.getLogger(__name__)
 

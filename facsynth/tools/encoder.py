@@ -38,7 +38,7 @@ import torch
 from transformers import DynamicCache
 
 from facsynth.errors import InputError, ModelError
-from facsynth.tools.activations import SampleFeatures
+from facsynth.records import SampleFeatures
 from facsynth.tools.datasets import Sample
 from facsynth.tools.model import SubjectModel
 from facsynth.tools.sae import FeatureSAE

@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from facsynth.errors import InputError
-from facsynth.tools.activations import SampleFeatures
+from facsynth.records import SampleFeatures
 
 
 class CoverageCounter:

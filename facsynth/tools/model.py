@@ -29,7 +29,7 @@ from facsynth.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_MODEL = paths.BUNDLED_MODEL
 _ALIASES = {"default": DEFAULT_MODEL, "smollm2": DEFAULT_MODEL}
 _SHIPPED_GGUF = {
     # alias -> (python package, file inside it, pip hint)

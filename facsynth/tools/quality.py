@@ -53,7 +53,7 @@ from facsynth.tools.datasets import Sample
 if TYPE_CHECKING:
     from facsynth.tools.datasets import Dataset
     from facsynth.tools.encoder import FeatureEncoder
-    from facsynth.tools.measure import Reader
+    from facsynth.tools.reader import Reader
 
 REASONS: dict[str, str] = {
     "joined": "joined the data",

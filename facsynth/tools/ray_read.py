@@ -1,7 +1,7 @@
 """Read a corpus through the model and SAE on Ray: encoder actors, the store written by the driver.
 
 ``facsynth measure --ray`` and ``facsynth features collect --ray`` hand a
-:class:`facsynth.tools.measure.Reader` an :class:`EncoderPool`. The reader plans the
+:class:`facsynth.tools.reader.Reader` an :class:`EncoderPool`. The reader plans the
 corpus exactly as it reads it alone (chunks of samples, what the store already holds,
 duplicates) and the pool reads each planned chunk in a Ray Data actor pool: one
 subject model and SAE per actor, a GPU per actor where the cluster has GPUs. Actors
@@ -38,12 +38,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from facsynth.errors import FacsynthError
-from facsynth.tools.activations import SampleFeatures
+from facsynth.records import SampleFeatures
 from facsynth.tools.datasets import Sample
 
 if TYPE_CHECKING:
     from facsynth.tools.encoder import FeatureEncoder, Progress
-    from facsynth.tools.measure import Reader
+    from facsynth.tools.reader import Reader
 
 log = logging.getLogger(__name__)
 

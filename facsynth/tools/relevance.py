@@ -22,11 +22,11 @@ from pydantic import BaseModel
 
 from facsynth.db.catalog import Catalog, Relevance
 from facsynth.errors import InputError
-from facsynth.tools.activations import SampleFeatures
+from facsynth.records import SampleFeatures
 from facsynth.tools.datasets import Dataset
 
 if TYPE_CHECKING:
-    from facsynth.tools.measure import Reader
+    from facsynth.tools.reader import Reader
 
 log = logging.getLogger(__name__)
 

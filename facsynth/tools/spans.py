@@ -38,7 +38,7 @@ from facsynth.tools.datasets import Dataset, Sample
 
 if TYPE_CHECKING:
     from facsynth.tools.encoder import FeatureEncoder
-    from facsynth.tools.measure import Reader
+    from facsynth.tools.reader import Reader
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +291,7 @@ def collect_spans(
 ) -> SpanReport:
     """Collect (or reuse) the spans and stats of every feature of ``reader`` over ``dataset``.
 
-    ``reader`` is a :class:`facsynth.tools.measure.Reader` with a store. The stored
+    ``reader`` is a :class:`facsynth.tools.reader.Reader` with a store. The stored
     collection is returned as it is when its settings equal ``cfg`` (unless ``force``).
     """
     cfg = cfg or SpanConfig()

@@ -25,12 +25,13 @@ from facsynth.agent.explain import (
     format_span,
     judge_features,
 )
-from facsynth.agent.llm import LLMClient, LLMConfig
+from facsynth.agent.config import LLMConfig
+from facsynth.agent.llm import LLMClient
 from facsynth.agent.server import EmbeddedServer
 from facsynth.agent.tasks import PRESETS, store_tasks
 from facsynth.db.catalog import CANNOT_TELL, Catalog, CollectionInfo, Explanation, Span
 from facsynth.db.models import LABELS
-from facsynth.tools.activations import SampleFeatures
+from facsynth.records import SampleFeatures
 
 from endpoints import FakeOpenAI, Reply
 

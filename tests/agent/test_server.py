@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from facsynth.agent import server as server_mod
-from facsynth.agent.server import EmbeddedServer, ServerConfig, free_port
+from facsynth.agent.config import ServerConfig
+from facsynth.agent.server import EmbeddedServer, free_port
 from facsynth.errors import LLMError
 
 from endpoints import llama_server_pids

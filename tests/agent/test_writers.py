@@ -76,7 +76,8 @@ def test_the_real_small_writer_serves_and_generates() -> None:
         part_files(small)
     except LLMError:
         pytest.skip(f"writer {small.name} is not installed ({small.install})")
-    from facsynth.agent.server import EmbeddedServer, ServerConfig
+    from facsynth.agent.config import ServerConfig
+    from facsynth.agent.server import EmbeddedServer
 
     with EmbeddedServer(ServerConfig(gguf=small.name, instances=1, n_ctx=512), model_alias=small.name) as server:
         assert len(server.checks) == 1  # it generated its start-up token

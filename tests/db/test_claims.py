@@ -22,9 +22,11 @@ from facsynth.db.claims import Claims
 from facsynth.db.models import RunClaim, RunWorker, utcnow
 from facsynth.db.runs import Runs
 from facsynth.errors import StoreError
+from facsynth.graph.acceptance import admit
 
 READER = ("smollm2-135m-instruct", "0123456789abcdef", 15, "sae-test", "f" * 64, "relu", "chat")
 ROOT = Path(__file__).resolve().parents[2]
+
 
 
 def _run(store: Store, n: int = 6) -> int:
@@ -181,7 +183,7 @@ def test_a_settlement_and_a_claim_on_the_same_feature_never_deadlock(pg_engine) 
 
         def settle() -> None:
             try:
-                runs.settle(run_id, 0, [verdict])
+                runs.settle(run_id, 0, [verdict], admit=admit)
             except Exception as exc:  # noqa: BLE001 (reported below)
                 errors.append(exc)
 

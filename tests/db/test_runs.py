@@ -13,8 +13,14 @@ import pytest
 from facsynth.db import Store
 from facsynth.db.runs import HELD_BACK, Candidate, Runs, Verdict
 from facsynth.errors import InputError, StoreError
+from facsynth.graph.acceptance import admit
 
 READER = ("smollm2-135m-instruct", "0123456789abcdef", 15, "sae-test", "f" * 64, "relu", "chat")
+
+
+def settle(runs: Runs, *args: object, **kw: object) -> list[int]:
+    """Settle with the acceptance rule the verifier node uses."""
+    return runs.settle(*args, admit=admit, **kw)  # type: ignore[arg-type]
 
 
 def _run(store: Store, name: str = "r1") -> tuple[Runs, int]:
@@ -70,7 +76,7 @@ def test_an_accepted_sample_credits_every_missing_feature_it_fires_once(store: S
     runs, run_id = _run(store)
     runs.set_feature_status(run_id, [1], "in_progress")
     pos, neg = runs.add_candidates(run_id, 1, 1, _cands(1, 1, ["fires one two five", "fires nothing"]))
-    covered = runs.settle(run_id, 1, [
+    covered = settle(runs, run_id, 1, [
         _verdict(pos, "accepted", 20.0, [1, 2, 5, 99], accept=True),  # 99 is not a missing feature
         _verdict(neg, "accepted", 0.0, [], accept=False),
     ])
@@ -92,13 +98,13 @@ def test_an_accepted_sample_credits_every_missing_feature_it_fires_once(store: S
     assert runs.feature(run_id, 5).status == "covered" and runs.feature(run_id, 5).reason == HELD_BACK
 
     # settling the same attempt again (a resumed verifier) changes nothing
-    assert runs.settle(run_id, 1, [_verdict(pos, "accepted", 20.0, [1, 2, 5], accept=True)]) == []
+    assert settle(runs, run_id, 1, [_verdict(pos, "accepted", 20.0, [1, 2, 5], accept=True)]) == []
     assert len(runs.samples(run_id)) == 1
 
     # a later sample with the same normalized text is a duplicate, not a second sample
     runs.set_feature_status(run_id, [3], "in_progress")
     [copy] = runs.add_candidates(run_id, 3, 1, _cands(3, 1, ["fires one two five"]))
-    assert runs.settle(run_id, 3, [_verdict(copy, "accepted", 15.0, [3], accept=True)]) == []
+    assert settle(runs, run_id, 3, [_verdict(copy, "accepted", 15.0, [3], accept=True)]) == []
     assert runs.candidates(run_id, 3)[0].verdict == "duplicate"
     assert runs.feature(run_id, 3).status == "in_progress"
     assert runs.summary(run_id).samples == 1
@@ -110,12 +116,12 @@ def test_a_negative_joins_only_with_enough_new_coverage(store: Store) -> None:
     pos, neg = runs.add_candidates(run_id, 1, 1, _cands(1, 1, ["positive fires one", "negative fires two"]))
     weak = _verdict(neg, "accepted", 0.0, [2, 99], accept=True)
     weak.min_new = 2  # covers only feature 2 of the run's missing ones
-    assert runs.settle(run_id, 1, [_verdict(pos, "rejected", 3.0, [], accept=False), weak]) == []
+    assert settle(runs, run_id, 1, [_verdict(pos, "rejected", 3.0, [], accept=False), weak]) == []
     assert runs.samples(run_id) == [] and runs.candidates(run_id, 1)[1].verdict == "accepted"
     [neg2] = runs.add_candidates(run_id, 3, 1, _cands(3, 1, ["negative fires two and four"])[:1])
     strong = _verdict(neg2, "accepted", 0.0, [2, 4], accept=True)
     strong.min_new = 2
-    assert runs.settle(run_id, 3, [strong]) == [2, 4]
+    assert settle(runs, run_id, 3, [strong]) == [2, 4]
     assert [s.covered for s in runs.samples(run_id)] == [[2, 4]]
     assert runs.feature(run_id, 3).status == "in_progress"  # its own target is still missing
     # only the negative that joined guards the run against duplicates
@@ -128,13 +134,13 @@ def test_a_positive_that_missed_its_target_joins_only_with_enough_new_coverage(s
     [few] = runs.add_candidates(run_id, 1, 1, _cands(1, 1, ["misses one, adds two"]))
     miss = _verdict(few, "rejected", 5.0, [3, 4], accept=True)
     miss.min_new, miss.code = 3, "target_not_fired"
-    assert runs.settle(run_id, 1, [miss]) == []
+    assert settle(runs, run_id, 1, [miss]) == []
     [c] = runs.candidates(run_id, 1)
     assert (c.verdict, c.code) == ("rejected", "target_not_fired") and runs.feature(run_id, 1).status == "in_progress"
     [many] = runs.add_candidates(run_id, 2, 1, _cands(2, 1, ["misses two, adds three"]))
     miss = _verdict(many, "rejected", 5.0, [1, 3, 4], accept=True)
     miss.min_new, miss.code = 3, "target_not_fired"
-    assert runs.settle(run_id, 2, [miss]) == [1, 3, 4]
+    assert settle(runs, run_id, 2, [miss]) == [1, 3, 4]
     [c] = runs.candidates(run_id, 2)
     assert (c.verdict, c.code) == ("rejected", "joined")
     assert runs.feature(run_id, 2).status == "in_progress"  # its own target still wants a retry
@@ -148,7 +154,7 @@ def test_settle_is_all_or_nothing(store: Store) -> None:
     [pos] = runs.add_candidates(run_id, 1, 1, _cands(1, 1, ["fires one"]))
     [foreign] = other_runs.add_candidates(other_id, 1, 1, _cands(1, 1, ["another run's text"]))
     with pytest.raises(StoreError, match="not part of run"):
-        runs.settle(run_id, 1, [_verdict(pos, "accepted", 20.0, [1, 2], accept=True),
+        settle(runs, run_id, 1, [_verdict(pos, "accepted", 20.0, [1, 2], accept=True),
                                 _verdict(foreign, "accepted", 20.0, [1], accept=True)])
     assert runs.samples(run_id) == []
     assert runs.candidates(run_id, 1)[0].verdict is None
@@ -159,11 +165,11 @@ def test_the_attempt_cap_exhausts_a_feature_and_a_later_sample_still_covers_it(s
     runs, run_id = _run(store)
     runs.set_feature_status(run_id, [1, 2], "in_progress")
     [weak] = runs.add_candidates(run_id, 1, 1, _cands(1, 1, ["weak attempt text"]))
-    runs.settle(run_id, 1, [_verdict(weak, "rejected", 3.0, [3], accept=False)], exhausted_reason="1 attempt(s) reached 3.00")
+    settle(runs, run_id, 1, [_verdict(weak, "rejected", 3.0, [3], accept=False)], exhausted_reason="1 attempt(s) reached 3.00")
     f1 = runs.feature(run_id, 1)
     assert (f1.status, f1.reason, f1.best_act) == ("exhausted", "1 attempt(s) reached 3.00", 3.0)
     [good] = runs.add_candidates(run_id, 2, 1, _cands(2, 1, ["fires one and two"]))
-    assert runs.settle(run_id, 2, [_verdict(good, "accepted", 30.0, [1, 2], accept=True)]) == [1, 2]
+    assert settle(runs, run_id, 2, [_verdict(good, "accepted", 30.0, [1, 2], accept=True)]) == [1, 2]
     assert runs.feature(run_id, 1).status == "covered"
 
 

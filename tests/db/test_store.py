@@ -25,7 +25,7 @@ from facsynth.db.migrations import migrate
 from facsynth.db.models import OUTCOMES, Base, LLMCall, SampleFeatureRow
 from facsynth.db.store import Outcome, dataset_hash, reader_key
 from facsynth.errors import StoreError
-from facsynth.tools.activations import SampleFeatures
+from facsynth.records import SampleFeatures
 
 READER = ("smollm2-135m-instruct", "0123456789abcdef", 16, "sae-test", "f" * 64, "relu_no_topk", "chat")
 

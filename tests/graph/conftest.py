@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from facsynth.db import Store
-from facsynth.tools.measure import Reader
+from facsynth.tools.reader import Reader
 
 
 @pytest.fixture

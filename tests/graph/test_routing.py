@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-import numpy as np
 import pytest
 from langgraph.graph import END
 
@@ -14,10 +13,6 @@ from facsynth.graph.config import RunConfig
 from facsynth.graph.directives import apply
 from facsynth.graph.planner import choose
 from facsynth.graph.routing import after_planner, after_verifier
-from facsynth.graph.verifier import judge
-from facsynth.tools.activations import SampleFeatures
-from facsynth.tools.quality import Problem
-from facsynth.tools.verifier import Reading
 
 NOW = datetime.now(timezone.utc)
 
@@ -51,49 +46,9 @@ def test_paper_walks_the_initial_missing_list_by_priority_even_when_covered_mean
     assert choose(features, 5, strategy="paper", focus=set(), exclude=set()) == [1, 9, 2]
 
 
-def reading(act: float, fires: list[int]) -> Reading:
-    ids = np.array(sorted(set(fires)), dtype=np.int32)
-    return Reading(SampleFeatures("h", 5, ids, np.full(ids.shape, act + 1, dtype=np.float32)), act, None)
-
-
 def cand(role: str, step: int = 1) -> Candidate:
     return Candidate(feature=1, attempt=1, step=step, idx=0, role=role, payload={"text": "x"}, text_hash="t",
                      prompt_hash="p", model="m", id=11)
-
-
-def test_positive_is_accepted_only_above_the_threshold_and_not_as_a_copy() -> None:
-    ok = judge(cand("positive"), reading(12.5, [1, 8]), threshold=12.0, delta=12.0, adds=True, duplicate=None)
-    assert (ok.verdict, ok.accept, ok.fires) == ("accepted", True, [1, 8])
-    low = judge(cand("positive"), reading(12.0, [8]), threshold=12.0, delta=12.0, adds=True, duplicate=None)
-    assert (low.verdict, low.accept) == ("rejected", False)
-    assert "needs > 12" in low.reason
-    dup = judge(cand("positive"), reading(30.0, [1]), threshold=12.0, delta=12.0, adds=True, duplicate="exact duplicate of seed sample 3")
-    assert (dup.verdict, dup.accept, dup.reason) == ("duplicate", False, "exact duplicate of seed sample 3")
-
-
-def test_an_agents_usable_positive_that_misses_its_target_joins_on_a_negatives_terms() -> None:
-    miss = judge(cand("positive"), reading(5.0, [8, 9, 10]), threshold=12.0, delta=4.0, adds=True, duplicate=None,
-                 miss_min_new=3)
-    assert (miss.verdict, miss.code, miss.accept, miss.min_new) == ("rejected", "target_not_fired", True, 3)
-    assert "joins if it covers 3+" in miss.reason
-    copy = judge(cand("positive"), reading(5.0, [8]), threshold=12.0, delta=4.0, adds=True, duplicate="near duplicate",
-                 miss_min_new=3)
-    assert copy.accept is False
-    junk = judge(cand("positive"), reading(5.0, [8, 9, 10]), threshold=12.0, delta=4.0, adds=True, duplicate=None,
-                 miss_min_new=3, problem=Problem("not_fluent", "not fluent"))
-    assert (junk.code, junk.accept) == ("not_fluent", False)
-
-
-def test_negative_is_accepted_when_the_target_stays_below_and_joins_only_with_new_coverage() -> None:
-    good = judge(cand("negative"), reading(3.0, [8]), threshold=12.0, delta=12.0, adds=True, duplicate=None)
-    assert (good.verdict, good.accept, good.min_new) == ("accepted", True, 3)
-    never = judge(cand("negative"), reading(3.0, [8]), threshold=12.0, delta=12.0, adds=True, duplicate=None,
-                  negative_min_new=0)
-    assert (never.verdict, never.accept) == ("accepted", False)
-    copy = judge(cand("negative"), reading(3.0, [8]), threshold=12.0, delta=12.0, adds=True, duplicate="exact duplicate")
-    assert (copy.verdict, copy.accept) == ("accepted", False)
-    bad = judge(cand("negative"), reading(20.0, [1]), threshold=12.0, delta=12.0, adds=True, duplicate=None)
-    assert (bad.verdict, bad.accept) == ("rejected", False)
 
 
 def summary(n_relevant: int, seed: int, covered: int) -> Summary:
@@ -131,26 +86,6 @@ def test_directives_fold_in_order_into_focus_exclude_style_target_budget_and_pau
 def test_config_rejects_a_threshold_below_delta() -> None:
     with pytest.raises(ValueError, match="threshold"):
         cfg(delta=5.0, threshold=2.0)
-
-
-def test_positives_and_negatives_obey_the_same_quality_rule_and_keep_its_reason_code() -> None:
-    from facsynth.graph.verifier import judge_problem
-    from facsynth.tools.quality import JudgeReply, Problem
-
-    junk = Problem("not_a_request", "not a request a user would send an assistant")
-    for role, act in (("positive", 30.0), ("negative", 3.0)):  # each would pass on its activation alone
-        v = judge(cand(role), reading(act, [1, 8, 9]), threshold=12.0, delta=12.0, adds=True, duplicate=None,
-                  problem=junk, checks={"loss": 2.0})
-        assert (v.verdict, v.accept, v.code, v.checks) == ("rejected", False, "not_a_request", {"loss": 2.0})
-        assert v.reason == "quality: not a request a user would send an assistant"
-    codes = [judge(cand(r), reading(a, [1]), threshold=12.0, delta=12.0, adds=adds, duplicate=d).code
-             for r, a, adds, d in (("positive", 13.0, True, None), ("positive", 13.0, False, None),
-                                   ("positive", 5.0, True, None), ("positive", 13.0, True, "exact duplicate"),
-                                   ("negative", 13.0, True, None), ("negative", 3.0, True, None))]
-    assert codes == ["joined", "example", "target_not_fired", "duplicate", "fires_target", "joined"]
-    assert judge_problem(JudgeReply(reason="fine", verdict="Yes")) is None and judge_problem(None) is None
-    no = judge_problem(JudgeReply(reason="a list of chords", verdict="No"))
-    assert (no.code, no.message) == ("judge_no", "the LLM judge said No: a list of chords")
 
 
 def test_every_rejection_reason_goes_back_to_the_generator_with_what_to_change() -> None:

@@ -16,7 +16,7 @@ import pytest
 from endpoints import FakeOpenAI, Reply
 
 from facsynth.agent.llm import LLMClient
-from facsynth.db.export import export_run
+from facsynth.tools.export import export_run
 from facsynth.db.runs import Runs
 from facsynth.graph.config import RunConfig
 from facsynth.graph.prompts import FIRST, NEGATIVE, NEW_FIRST, NEW_SECOND, POSITIVE, SECOND
@@ -248,7 +248,7 @@ def test_a_postgresql_run_checkpoints_there_and_resumes(subject, default_sae, fa
     from sqlalchemy import create_engine, inspect
 
     from facsynth.db import Store
-    from facsynth.tools.measure import Reader
+    from facsynth.tools.reader import Reader
 
     seed, anchor = demo_data
     fake_llm.default = Reply(content=json.dumps({POSITIVE: "Okay then", NEGATIVE: "Fine thanks"}))

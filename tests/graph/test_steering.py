@@ -17,14 +17,15 @@ from pathlib import Path
 import pytest
 from endpoints import FakeOpenAI, Reply, echo_snippet
 
-from facsynth.agent.chat import ChatSession, open_chat
-from facsynth.agent.llm import LLMClient, LLMConfig, make_chat_model
+from facsynth.chat.session import ChatSession, open_chat
+from facsynth.agent.config import LLMConfig
+from facsynth.agent.llm import LLMClient, make_chat_model
 from facsynth.db import Store
 from facsynth.db.runs import EXCLUDED_BY_USER, Runs
 from facsynth.graph.config import RunConfig
 from facsynth.graph.runner import execute, prepare_run
-from facsynth.tools.measure import Reader
-from facsynth.tools.steering import RunControl
+from facsynth.tools.reader import Reader
+from facsynth.chat.steering import RunControl
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +76,7 @@ def test_directives_change_what_the_planner_picks_and_what_the_generator_is_told
 
 
 def control_args(op: str, **kw: object):
-    from facsynth.agent.chat import BY_NAME
+    from facsynth.chat.session import BY_NAME
 
     return BY_NAME[op].args(**kw)
 

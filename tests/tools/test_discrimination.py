@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 
 from facsynth.paths import shipped
-from facsynth.tools.measure import Reader, measure
+from facsynth.tools.measure import measure
+from facsynth.tools.reader import Reader
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from facsynth.errors import InputError
-from facsynth.tools.activations import SampleFeatures
+from facsynth.records import SampleFeatures
 from facsynth.tools.fac import CoverageCounter, coverage, read_feature_ids
 
 

@@ -10,7 +10,7 @@ import pytest
 from facsynth.db import Store
 from facsynth.paths import shipped
 from facsynth.tools.datasets import Sample, load_dataset
-from facsynth.tools.measure import Reader
+from facsynth.tools.reader import Reader
 from facsynth.tools.quality import (
     REASONS,
     Calibration,

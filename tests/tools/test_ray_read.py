@@ -15,7 +15,8 @@ from store_rows import TABLES, dump
 
 from facsynth.paths import shipped
 from facsynth.tools.datasets import Dataset, load_dataset
-from facsynth.tools.measure import Reader, measure
+from facsynth.tools.measure import measure
+from facsynth.tools.reader import Reader
 from facsynth.tools.spans import SpanConfig, collect_spans
 
 ray = pytest.importorskip("ray", reason="ray is not installed: pip install -e '.[ray]' (the test extra brings it too)")

@@ -15,7 +15,7 @@ from facsynth.agent.tasks import store_tasks
 from facsynth.db import Store
 from facsynth.db.catalog import Catalog
 from facsynth.errors import InputError
-from facsynth.tools.activations import SampleFeatures
+from facsynth.records import SampleFeatures
 from facsynth.tools.datasets import Dataset, Sample
 from facsynth.tools.relevance import (
     auroc_by_feature,
@@ -94,7 +94,7 @@ def _stored_dataset(reader, name: str, readings: list[SampleFeatures], labels: n
 
 @pytest.fixture
 def reader(subject, default_sae, tmp_path):
-    from facsynth.tools.measure import Reader
+    from facsynth.tools.reader import Reader
 
     return Reader(subject, default_sae, store=Store(f"sqlite:///{tmp_path / 'rel.db'}"))
 

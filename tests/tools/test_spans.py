@@ -64,7 +64,7 @@ def test_activation_stats_are_exact_below_the_reservoir_and_bounded_above() -> N
 
 @pytest.fixture
 def reader(subject, default_sae, tmp_path):
-    from facsynth.tools.measure import Reader
+    from facsynth.tools.reader import Reader
 
     return Reader(subject, default_sae, store=Store(f"sqlite:///{tmp_path / 'spans.db'}"), batch_size=8)
 

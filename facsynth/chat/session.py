@@ -1,7 +1,7 @@
 """Talking to a run: ``facsynth chat RUN``.
 
 :class:`ChatSession` turns each message into calls of the typed operations of
-:class:`~facsynth.tools.steering.RunControl`:
+:class:`~facsynth.chat.steering.RunControl`:
 
 * a message that starts with ``/`` is a slash command, parsed deterministically
   (``/focus 812 90``, ``/exclude code``, ``/style at most 20 words``, ``/target 0.8``,
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from facsynth.errors import FacsynthError, InputError
-from facsynth.tools import steering as st
+from facsynth.chat import steering as st
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel

@@ -29,7 +29,7 @@ from facsynth.errors import InputError
 from facsynth.graph import directives
 from facsynth.graph.config import RunConfig
 from facsynth.tools.datasets import Sample, sample_from_row
-from facsynth.tools.verifier import span_text
+from facsynth.tools.candidates import span_text
 
 
 class _Args(BaseModel):
@@ -224,7 +224,7 @@ class RunControl:
     def test(self, words: str = "", args: TestArgs | None = None) -> Reply:
         """Read a text through the run's model and SAE: does it fire the feature, what would it cover?"""
         assert args is not None
-        from facsynth.tools.verifier import Verifier
+        from facsynth.tools.candidates import Verifier
 
         reader = self.reader()
         sample = Sample(text=args.text)
@@ -304,7 +304,7 @@ class RunControl:
             for i in target.args["candidates"]:
                 if i in waiting:
                     if target.args.get("before") is not None:
-                        from facsynth.tools.verifier import text_hash
+                        from facsynth.tools.candidates import text_hash
 
                         old = Sample(**target.args["before"])
                         self.runs.decide(self.run.id, i, None, sample=old.payload, text_hash=text_hash(old))
@@ -340,7 +340,7 @@ class RunControl:
         return self._decide(words, "deny", args.candidates)
 
     def edit(self, words: str, args: EditArgs) -> Reply:
-        from facsynth.tools.verifier import text_hash
+        from facsynth.tools.candidates import text_hash
 
         run_id = self.run.id
         before = next((c for c in self.runs.pending_review(run_id) if c.id == args.candidate), None)
@@ -376,7 +376,7 @@ class RunControl:
     def reader(self) -> Any:
         """The run's model and SAE, loaded on first use."""
         if self._reader is None:
-            from facsynth.tools.measure import Reader
+            from facsynth.tools.reader import Reader
 
             cfg = RunConfig.model_validate(self.run.config["config"])
             self._reader = Reader(cfg.model, cfg.sae, cfg.layer, store=self.store)

@@ -1,4 +1,4 @@
-"""The verifier: reads candidates through the model and SAE, and spots duplicates.
+"""The verifier tool: reads candidates through the model and SAE, and spots duplicates.
 
 :class:`Verifier` is the tool the synthesis graph's verifier node calls. For a target
 feature it returns, per candidate, the activation the target reached (max over content
@@ -12,15 +12,15 @@ candidate is a usable sample at all is the rule of :mod:`facsynth.tools.quality`
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from facsynth.tools.activations import SampleFeatures
+from facsynth.records import SampleFeatures
 from facsynth.tools.datasets import Sample
 from facsynth.tools.encoder import FeatureEncoder
-from facsynth.tools.quality import normalize_text, text_problem
+from facsynth.tools.quality import normalize_text
 
 
 def text_hash(sample: Sample) -> str:
@@ -30,13 +30,6 @@ def text_hash(sample: Sample) -> str:
     else:
         norm = "\n".join(f"{m.role}: {normalize_text(m.content)}" for m in sample.as_messages)
     return hashlib.sha256(norm.encode("utf-8")).hexdigest()
-
-
-def quality_problem(sample: Sample, *, min_words: int, echoes: Iterable[str] = ()) -> str | None:
-    """Why a candidate fails the text checks (None when it passes them): the message of
-    :func:`facsynth.tools.quality.text_problem`, where the whole rule lives."""
-    problem = text_problem(sample, min_words=min_words, echoes=echoes)
-    return None if problem is None else problem.message
 
 
 @dataclass
