@@ -172,7 +172,7 @@ class Catalog:
     def readers(self) -> list[tuple[int, str]]:
         """Readers that have catalog data, as (id, description), ascending id."""
         ids: set[int] = set()
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             for model in (SpanCollection, ExplanationRow, RelevanceRow):
                 ids.update(session.scalars(select(model.reader_id).distinct()))
             rows = session.execute(select(Reader).where(Reader.id.in_(sorted(ids))).order_by(Reader.id)).scalars()
@@ -180,7 +180,7 @@ class Catalog:
 
     def reader_identity(self, reader_id: int) -> dict[str, Any]:
         """The seven identity fields of a reader (what :meth:`Store.reader` takes)."""
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             r = session.get(Reader, reader_id)
             if r is None:
                 raise StoreError(f"no reader with id {reader_id} in {self.store.url}")
@@ -204,7 +204,7 @@ class Catalog:
 
     def clear_collection(self, reader_id: int, dataset_id: int) -> None:
         """Drop a collection with its stats and spans (also the spans of one that never finished)."""
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             for model in (SpanCollection, FeatureStatsRow, FeatureSpan):
                 session.execute(delete(model).where(model.reader_id == reader_id, model.dataset_id == dataset_id))
 
@@ -215,9 +215,9 @@ class Catalog:
                 raise ValueError(f"span kind must be one of {', '.join(SPAN_KINDS)}; got {span.kind!r}")
         if not spans:
             return
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             hashes = list({s.sample_hash for s in spans})
-            sample_ids = self.store._sample_ids(session, hashes)
+            sample_ids = self.store.sample_ids(session, hashes)
             missing = set(hashes) - set(sample_ids)
             if missing:
                 raise StoreError(f"{len(missing)} span sample(s) are not registered; register the corpus first")
@@ -239,7 +239,7 @@ class Catalog:
     def finish_collection(self, info: CollectionInfo, stats: Sequence[FeatureStats]) -> None:
         """Store the stats and the collection row: a collection counts as present only from here on."""
         rid, did = info.reader_id, info.dataset_id
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             for model in (SpanCollection, FeatureStatsRow):
                 session.execute(delete(model).where(model.reader_id == rid, model.dataset_id == did))
             if stats:
@@ -279,7 +279,7 @@ class Catalog:
         )
         if dataset_id is not None:
             query = query.where(SpanCollection.dataset_id == dataset_id)
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             return [
                 CollectionInfo(
                     reader_id=c.reader_id, dataset_id=c.dataset_id, dataset_name=name, top_n=c.top_n,
@@ -296,7 +296,7 @@ class Catalog:
         )
         if features is not None:
             query = query.where(FeatureStatsRow.feature_id.in_([int(f) for f in features]))
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             return {
                 r.feature_id: FeatureStats(
                     feature=r.feature_id, n_samples=r.n_samples, active_count=r.active_count,
@@ -322,7 +322,7 @@ class Catalog:
         if features is not None:
             query = query.where(FeatureSpan.feature_id.in_([int(f) for f in features]))
         out: dict[int | None, list[Span]] = {}
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             for row, sample_hash in session.execute(query):
                 out.setdefault(row.feature_id, []).append(
                     Span(
@@ -346,7 +346,7 @@ class Catalog:
             )
             .group_by(FeatureSpan.feature_id)
         )
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             rows = session.execute(query).all()
         return [int(f) for f, _ in sorted(rows, key=lambda r: (-r[1], r[0]))]
 
@@ -355,7 +355,7 @@ class Catalog:
     def save_explanation(self, reader_id: int, exp: Explanation) -> None:
         """Store a feature's explanation, replacing its previous one and that one's scores."""
         _check_label(exp.check_label, "check_label")
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             session.execute(
                 delete(ExplanationRow).where(
                     ExplanationRow.reader_id == reader_id, ExplanationRow.feature_id == exp.feature
@@ -383,7 +383,7 @@ class Catalog:
         self._update_explanation(reader_id, feature, detection_score=float(score), detection_n=int(n), detection_model=model)
 
     def _update_explanation(self, reader_id: int, feature: int, **values: Any) -> None:
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             done = session.execute(
                 update(ExplanationRow)
                 .where(ExplanationRow.reader_id == reader_id, ExplanationRow.feature_id == int(feature))
@@ -400,7 +400,7 @@ class Catalog:
         query = select(ExplanationRow).where(ExplanationRow.reader_id == reader_id).order_by(ExplanationRow.feature_id)
         if features is not None:
             query = query.where(ExplanationRow.feature_id.in_([int(f) for f in features]))
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             return {r.feature_id: _explanation(r) for r in session.scalars(query)}
 
     # ------------------------------------------------------------------ tasks
@@ -408,7 +408,7 @@ class Catalog:
     def save_task(self, task: TaskRecord) -> int:
         """Store a task (replacing the definition of one with the same name); return its id."""
         fmt = None if task.format is None else json.dumps(task.format, sort_keys=True, ensure_ascii=False)
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             row = session.execute(select(TaskRow).where(TaskRow.name == task.name)).scalar_one_or_none()
             if row is None:
                 row = TaskRow(name=task.name)
@@ -418,12 +418,12 @@ class Catalog:
             return int(row.id)
 
     def task(self, name: str) -> TaskRecord | None:
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             row = session.execute(select(TaskRow).where(TaskRow.name == name)).scalar_one_or_none()
             return None if row is None else _task(row)
 
     def tasks(self) -> list[TaskRecord]:
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             return [_task(r) for r in session.scalars(select(TaskRow).order_by(TaskRow.name))]
 
     def _task_id(self, session: Session, name: str) -> int:
@@ -444,7 +444,7 @@ class Catalog:
             _check_label(r.label, "relevance label")
             if r.method not in RELEVANCE_METHODS:
                 raise ValueError(f"relevance method must be one of {', '.join(RELEVANCE_METHODS)}; got {r.method!r}")
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             task_ids = {name: self._task_id(session, name) for name in {r.task for r in rows}}
             if replace_method is not None:
                 for task_id in task_ids.values():
@@ -488,7 +488,7 @@ class Catalog:
             query = query.where(RelevanceRow.feature_id.in_([int(f) for f in features]))
         if method is not None:
             query = query.where(RelevanceRow.method == method)
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             return [
                 Relevance(
                     feature=r.feature_id, task=name, method=r.method, label=r.label, analysis=r.analysis,
