@@ -6,7 +6,7 @@ is keyed by a reader (model, layer, SAE, reading modes) because a feature id mea
 nothing without the SAE that defines it.
 
 Records cross the boundary as the small dataclasses below; JSON columns (span tokens,
-quantiles, words, task formats) are encoded and decoded here and nowhere else.
+quantiles, words, task formats) are :class:`~facsynth.db.models.Json` columns.
 
 Writes are replace-style: saving a span collection replaces the previous one for the
 same reader and corpus, saving an explanation replaces the feature's previous one (and
@@ -16,7 +16,6 @@ the row of the same feature, task and method.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -229,8 +228,7 @@ class Catalog:
                         "feature_id": None if s.feature is None else int(s.feature), "kind": s.kind,
                         "rank": int(s.rank), "sample_id": sample_ids[s.sample_hash],
                         "activation": float(s.activation), "peak_token": int(s.peak_token),
-                        "tokens": json.dumps(s.tokens, ensure_ascii=False),
-                        "acts": json.dumps([round(float(a), 5) for a in s.acts]), "text": s.text,
+                        "tokens": list(s.tokens), "acts": [round(float(a), 5) for a in s.acts], "text": s.text,
                     }
                     for s in spans
                 ],
@@ -250,7 +248,7 @@ class Catalog:
                             "reader_id": rid, "dataset_id": did, "feature_id": int(s.feature),
                             "n_samples": int(s.n_samples), "active_count": int(s.active_count),
                             "frequency": float(s.frequency), "max_act": float(s.max_act),
-                            "quantiles": json.dumps(s.quantiles, sort_keys=True),
+                            "quantiles": s.quantiles,
                         }
                         for s in stats
                     ],
@@ -300,7 +298,7 @@ class Catalog:
             return {
                 r.feature_id: FeatureStats(
                     feature=r.feature_id, n_samples=r.n_samples, active_count=r.active_count,
-                    frequency=r.frequency, max_act=r.max_act, quantiles=json.loads(r.quantiles),
+                    frequency=r.frequency, max_act=r.max_act, quantiles=r.quantiles,
                 )
                 for r in session.scalars(query)
             }
@@ -327,8 +325,7 @@ class Catalog:
                 out.setdefault(row.feature_id, []).append(
                     Span(
                         feature=row.feature_id, kind=row.kind, rank=row.rank, sample_hash=sample_hash,
-                        activation=row.activation, peak_token=row.peak_token, tokens=json.loads(row.tokens),
-                        acts=json.loads(row.acts),
+                        activation=row.activation, peak_token=row.peak_token, tokens=row.tokens, acts=row.acts,
                     )
                 )
         return out
@@ -364,7 +361,7 @@ class Catalog:
             session.add(
                 ExplanationRow(
                     reader_id=reader_id, feature_id=int(exp.feature), dataset_id=exp.dataset_id, text=exp.text,
-                    words=None if exp.words is None else json.dumps(exp.words, ensure_ascii=False),
+                    words=None if exp.words is None else list(exp.words),
                     explainer_model=exp.explainer_model, check_label=exp.check_label, check_model=exp.check_model,
                     detection_score=exp.detection_score, detection_n=exp.detection_n,
                     detection_model=exp.detection_model,
@@ -407,13 +404,12 @@ class Catalog:
 
     def save_task(self, task: TaskRecord) -> int:
         """Store a task (replacing the definition of one with the same name); return its id."""
-        fmt = None if task.format is None else json.dumps(task.format, sort_keys=True, ensure_ascii=False)
         with self.store.transaction(write=True) as session:
             row = session.execute(select(TaskRow).where(TaskRow.name == task.name)).scalar_one_or_none()
             if row is None:
                 row = TaskRow(name=task.name)
                 session.add(row)
-            row.definition, row.criteria, row.format, row.source = task.definition, task.criteria, fmt, task.source
+            row.definition, row.criteria, row.format, row.source = task.definition, task.criteria, task.format, task.source
             session.flush()
             return int(row.id)
 
@@ -519,7 +515,7 @@ class Catalog:
 def _explanation(r: ExplanationRow) -> Explanation:
     return Explanation(
         feature=r.feature_id, text=r.text, explainer_model=r.explainer_model, dataset_id=r.dataset_id,
-        words=None if r.words is None else json.loads(r.words), check_label=r.check_label,
+        words=r.words, check_label=r.check_label,
         check_model=r.check_model, detection_score=r.detection_score, detection_n=r.detection_n,
         detection_model=r.detection_model, created_at=r.created_at,
     )
@@ -528,5 +524,5 @@ def _explanation(r: ExplanationRow) -> Explanation:
 def _task(r: TaskRow) -> TaskRecord:
     return TaskRecord(
         name=r.name, definition=r.definition, criteria=r.criteria,
-        format=None if r.format is None else json.loads(r.format), source=r.source,
+        format=r.format, source=r.source,
     )

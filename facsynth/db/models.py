@@ -11,16 +11,21 @@ Conventions:
 * surrogate integer ``id`` primary keys, natural keys under a unique constraint;
 * hashes are lowercase sha256 hex (``String(64)``);
 * timestamps are UTC, set by Python (``created_at``);
-* binary arrays are little-endian, their dtype documented on the column.
+* binary arrays are little-endian, their dtype documented on the column;
+* JSON documents are :class:`Json` columns: Python values in, Python values out.
 """
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timezone
+from typing import Any
 
 from sqlalchemy import (
+    JSON,
     CheckConstraint,
     DateTime,
+    Dialect,
     Float,
     ForeignKey,
     Index,
@@ -29,6 +34,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     text,
 )
@@ -52,6 +58,52 @@ SPAN_KINDS = ("top", "held_out", "random")
 """``feature_spans.kind``: explanation spans, held-out activating spans, random context spans."""
 RELEVANCE_METHODS = ("llm_judge", "contrast", "import")
 """How a relevance row was decided (``relevance.method``)."""
+
+
+FLOAT_TAG = "$float"
+"""PostgreSQL's ``json`` has no NaN or Infinity: such a float is stored as ``{"$float": "NaN"}``
+(``"Infinity"``, ``"-Infinity"``) there and read back as the float."""
+
+
+def _encode(value: Any, tag: bool) -> Any:
+    if isinstance(value, dict):
+        return {k: _encode(value[k], tag) for k in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, tag) for v in value]
+    if tag and isinstance(value, float) and not math.isfinite(value):
+        return {FLOAT_TAG: "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")}
+    return value
+
+
+def _untag(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1 and isinstance(value.get(FLOAT_TAG), str):
+            return float(value[FLOAT_TAG])
+        return {k: _untag(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_untag(v) for v in value]
+    return value
+
+
+class Json(TypeDecorator[Any]):
+    """A JSON document (``sqlalchemy.JSON``: native ``json`` on PostgreSQL, text on SQLite).
+
+    Objects are written with their keys sorted at every level (as ``json.dumps(...,
+    sort_keys=True)`` would) and read back in that order; SQL NULL stands for None.
+    Non-finite floats survive on PostgreSQL too (see :data:`FLOAT_TAG`).
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def __init__(self) -> None:
+        super().__init__(none_as_null=True)
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return None if value is None else _encode(value, tag=dialect.name == "postgresql")
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        return _untag(value) if value is not None and dialect.name == "postgresql" else value
 
 
 def utcnow() -> datetime:
@@ -120,8 +172,8 @@ class Sample(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sample_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    payload: Mapped[str] = mapped_column(Text)
-    """Canonical JSON text: ``{"text": ...}`` or ``{"messages": [...]}`` plus ``meta``."""
+    payload: Mapped[dict[str, Any]] = mapped_column(Json())
+    """``{"text": ...}`` or ``{"messages": [...]}`` plus ``meta``."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -252,8 +304,8 @@ class FeatureStatsRow(Base):
     frequency: Mapped[float] = mapped_column(Float)
     """active_count / n_samples."""
     max_act: Mapped[float] = mapped_column(Float)
-    quantiles: Mapped[str] = mapped_column(Text)
-    """JSON object ``{"0.5": v, "0.9": v, ...}``: quantiles of a_i(x) over the samples where it is active."""
+    quantiles: Mapped[dict[str, float]] = mapped_column(Json())
+    """Object ``{"0.5": v, "0.9": v, ...}``: quantiles of a_i(x) over the samples where it is active."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -283,10 +335,10 @@ class FeatureSpan(Base):
     """a_i(x) at the peak token (0 for random spans)."""
     peak_token: Mapped[int] = mapped_column(Integer)
     """Index of the span's last token among the sample's content tokens."""
-    tokens: Mapped[str] = mapped_column(Text)
-    """JSON list of the span's token strings (concatenated they give ``text``)."""
-    acts: Mapped[str] = mapped_column(Text)
-    """JSON list of the feature's activation on each span token (empty for random spans)."""
+    tokens: Mapped[list[str]] = mapped_column(Json())
+    """List of the span's token strings (concatenated they give ``text``)."""
+    acts: Mapped[list[float]] = mapped_column(Json())
+    """List of the feature's activation on each span token (empty for random spans)."""
     text: Mapped[str] = mapped_column(Text)
 
 
@@ -305,8 +357,8 @@ class ExplanationRow(Base):
     dataset_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True)
     """The corpus whose spans the explainer read (NULL when imported)."""
     text: Mapped[str] = mapped_column(Text)
-    words: Mapped[str | None] = mapped_column(Text, nullable=True)
-    """JSON list of the feature's peak tokens on its top spans (the authors' ``Words``)."""
+    words: Mapped[list[str] | None] = mapped_column(Json(), nullable=True)
+    """List of the feature's peak tokens on its top spans (the authors' ``Words``)."""
     explainer_model: Mapped[str] = mapped_column(String(255))
     check_label: Mapped[str | None] = mapped_column(String(16), nullable=True)
     check_model: Mapped[str | None] = mapped_column(String(255), nullable=True)
@@ -327,8 +379,8 @@ class TaskRow(Base):
     name: Mapped[str] = mapped_column(String(128), unique=True)
     definition: Mapped[str] = mapped_column(Text)
     criteria: Mapped[str] = mapped_column(Text)
-    format: Mapped[str | None] = mapped_column(Text, nullable=True)
-    """JSON: the sample format synthesis should produce for this task."""
+    format: Mapped[dict[str, Any] | None] = mapped_column(Json(), nullable=True)
+    """The sample format synthesis should produce for this task."""
     source: Mapped[str] = mapped_column(String(512))
     """``preset`` or the file the task was read from."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -383,8 +435,8 @@ class Run(Base):
     """``agent`` or ``paper``."""
     task: Mapped[str] = mapped_column(String(128))
     reader_id: Mapped[int] = mapped_column(Integer, ForeignKey("readers.id", ondelete="CASCADE"))
-    config: Mapped[str] = mapped_column(Text)
-    """JSON of :class:`facsynth.graph.config.RunConfig` (no secret: keys stay in the environment)."""
+    config: Mapped[dict[str, Any]] = mapped_column(Json())
+    """:class:`facsynth.graph.config.RunConfig` (no secret: keys stay in the environment)."""
     feature_set: Mapped[str] = mapped_column(Text)
     """How F was chosen, in words."""
     n_relevant: Mapped[int] = mapped_column(Integer)
@@ -442,8 +494,8 @@ class RunCandidate(Base):
     idx: Mapped[int] = mapped_column(Integer)
     role: Mapped[str] = mapped_column(String(16))
     """``positive``, ``negative`` (agent) or ``sample`` (paper)."""
-    payload: Mapped[str] = mapped_column(Text)
-    """JSON ``{"text": ...}`` or ``{"messages": [...]}``."""
+    payload: Mapped[dict[str, Any]] = mapped_column(Json())
+    """``{"text": ...}`` or ``{"messages": [...]}``."""
     label: Mapped[str | None] = mapped_column(String(64), nullable=True)
     text_hash: Mapped[str] = mapped_column(String(64))
     """sha256 of the normalized text (exact-duplicate check)."""
@@ -451,8 +503,8 @@ class RunCandidate(Base):
     """The LLM request key (``llm_calls.prompt_hash``)."""
     model: Mapped[str] = mapped_column(String(255))
     target_act: Mapped[float | None] = mapped_column(Float, nullable=True)
-    span: Mapped[str | None] = mapped_column(Text, nullable=True)
-    """JSON: the tokens ending at the target's peak and their activations."""
+    span: Mapped[dict[str, Any] | None] = mapped_column(Json(), nullable=True)
+    """The tokens ending at the target's peak and their activations."""
     feature_ids: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     """int32 little-endian: features with activation > 0."""
     max_acts: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
@@ -464,8 +516,8 @@ class RunCandidate(Base):
     """Review mode: ``accepted`` while the verifier's acceptance waits for the user."""
     reason_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
     """The verdict's reason as a code of :data:`facsynth.tools.quality.REASONS` (m004)."""
-    checks: Mapped[str | None] = mapped_column(Text, nullable=True)
-    """JSON: the quality signals read (loss, distance, request, judge) (m004)."""
+    checks: Mapped[dict[str, Any] | None] = mapped_column(Json(), nullable=True)
+    """The quality signals read (loss, distance, request, judge) (m004)."""
     review: Mapped[str | None] = mapped_column(String(16), nullable=True)
     """The user's decision on a proposed candidate: ``approve``, ``deny`` or ``edit``."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -483,8 +535,8 @@ class RunSample(Base):
     feature_id: Mapped[int] = mapped_column(Integer)
     text_hash: Mapped[str] = mapped_column(String(64))
     activation: Mapped[float] = mapped_column(Float)
-    covered: Mapped[str] = mapped_column(Text)
-    """JSON list: the run's missing features this sample covered first (the target included)."""
+    covered: Mapped[list[int]] = mapped_column(Json())
+    """The run's missing features this sample covered first (the target included)."""
     withdrawn_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     """Set when a user rejects the sample afterwards; its coverage is withdrawn."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -518,8 +570,8 @@ class RunDirective(Base):
     words: Mapped[str] = mapped_column(Text)
     kind: Mapped[str] = mapped_column(String(32))
     """``focus``, ``exclude``, ``style``, ``target``, ``budget``, ``pause``."""
-    args: Mapped[str] = mapped_column(Text)
-    """JSON of the parsed directive."""
+    args: Mapped[dict[str, Any]] = mapped_column(Json())
+    """The parsed directive."""
     active: Mapped[int] = mapped_column(Integer)
     """1 while it applies; 0 once undone."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

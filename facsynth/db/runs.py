@@ -17,7 +17,6 @@ so they apply one after another.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,7 +36,7 @@ from facsynth.db.models import (
     utcnow,
 )
 from facsynth.db.arrays import decode_acts, decode_ids, encode_acts, encode_ids
-from facsynth.db.store import Store, canonical_json
+from facsynth.db.store import Store
 from facsynth.errors import InputError, StoreError
 
 EXCLUDED_BY_USER = "excluded by the user"
@@ -195,7 +194,7 @@ class Summary:
 def _record(r: Run) -> RunRecord:
     return RunRecord(
         id=r.id, name=r.name, status=r.status, strategy=r.strategy, task=r.task, reader_id=r.reader_id,
-        config=json.loads(r.config), feature_set=r.feature_set, n_relevant=r.n_relevant,
+        config=r.config, feature_set=r.feature_set, n_relevant=r.n_relevant,
         n_seed_covered=r.n_seed_covered, stop_reason=r.stop_reason, elapsed_s=r.elapsed_s,
         created_at=r.created_at, updated_at=r.updated_at,
     )
@@ -207,13 +206,13 @@ def _feature(r: RunFeature) -> FeatureState:
 
 def _candidate(r: RunCandidate) -> Candidate:
     return Candidate(
-        feature=r.feature_id, attempt=r.attempt, step=r.step, idx=r.idx, role=r.role, payload=json.loads(r.payload),
+        feature=r.feature_id, attempt=r.attempt, step=r.step, idx=r.idx, role=r.role, payload=r.payload,
         text_hash=r.text_hash, prompt_hash=r.prompt_hash, model=r.model, label=r.label, id=r.id,
-        target_act=r.target_act, span=json.loads(r.span) if r.span else None,
+        target_act=r.target_act, span=r.span or None,
         feature_ids=None if r.feature_ids is None else decode_ids(r.feature_ids),
         max_acts=None if r.max_acts is None else decode_acts(r.max_acts),
         verdict=r.verdict, reason=r.reason, proposed=r.proposed, review=r.review, code=r.reason_code,
-        checks=json.loads(r.checks) if r.checks else None,
+        checks=r.checks or None,
     )
 
 
@@ -261,7 +260,7 @@ class Runs:
             if session.scalar(select(Run.id).where(Run.name == name)) is not None:
                 raise InputError(f"a run named {name!r} exists in {self.store.url}; resume it or pick another --run name")
             run = Run(
-                name=name, status="created", strategy=strategy, task=task, reader_id=reader_id, config=canonical_json(config),
+                name=name, status="created", strategy=strategy, task=task, reader_id=reader_id, config=config,
                 feature_set=feature_set, n_relevant=n_relevant, n_seed_covered=n_seed_covered, elapsed_s=0.0,
                 created_at=now, updated_at=now,
             )
@@ -275,6 +274,7 @@ class Runs:
                 for f, p in missing.items()
             )
             session.flush()
+            session.refresh(run)  # the config as stored (a copy, keys sorted)
             return _record(run)
 
     def get(self, name: str) -> RunRecord:
@@ -308,7 +308,7 @@ class Runs:
 
     def update_config(self, run_id: int, config: dict[str, Any]) -> None:
         with self.store.transaction(write=True) as session:
-            session.execute(update(Run).where(Run.id == run_id).values(config=canonical_json(config), updated_at=utcnow()))
+            session.execute(update(Run).where(Run.id == run_id).values(config=config, updated_at=utcnow()))
 
     # ------------------------------------------------------------------ features
 
@@ -352,7 +352,7 @@ class Runs:
             rows = [
                 {
                     "run_id": run_id, "feature_id": feature, "attempt": attempt, "step": c.step, "idx": c.idx,
-                    "role": c.role, "payload": canonical_json(c.payload), "label": c.label, "text_hash": c.text_hash,
+                    "role": c.role, "payload": c.payload, "label": c.label, "text_hash": c.text_hash,
                     "prompt_hash": c.prompt_hash, "model": c.model, "created_at": now,
                 }
                 for c in candidates
@@ -418,13 +418,13 @@ class Runs:
                 if row.verdict is not None:  # settled before a crash: keep the first decision
                     continue
                 row.target_act = float(v.target_act)
-                row.span = canonical_json(v.span) if v.span else None
+                row.span = v.span or None
                 row.feature_ids = encode_ids(v.feature_ids)
                 row.max_acts = encode_acts(v.max_acts)
                 row.verdict = v.verdict
                 row.reason = v.reason
                 row.reason_code = v.code or None
-                row.checks = canonical_json(v.checks) if v.checks else None
+                row.checks = v.checks or None
                 if row.role != "negative":
                     best = v.target_act if best is None else max(best, v.target_act)
                 if not v.accept:
@@ -456,7 +456,7 @@ class Runs:
                 row.reason_code = "joined"
                 sample = RunSample(
                     run_id=run_id, candidate_id=row.id, feature_id=feature, text_hash=row.text_hash,
-                    activation=float(v.target_act), covered="[]", created_at=now,
+                    activation=float(v.target_act), covered=[], created_at=now,
                 )
                 session.add(sample)
                 session.flush()
@@ -475,7 +475,7 @@ class Runs:
                         )
                         .values(status="covered", reason=_KEEP_EXCLUSION)
                     )
-                sample.covered = canonical_json(sorted(credited))
+                sample.covered = sorted(credited)
                 newly.extend(credited)
             target = session.scalar(
                 select(RunFeature).where(RunFeature.run_id == run_id, RunFeature.feature_id == feature)
@@ -530,8 +530,9 @@ class Runs:
             row.review = action
             if sample is not None:
                 assert text_hash is not None
-                row.payload, row.text_hash = canonical_json(sample), text_hash
+                row.payload, row.text_hash = sample, text_hash
             session.flush()
+            session.refresh(row)  # the payload as stored (a copy, keys sorted)
             return _candidate(row)
 
     def samples(self, run_id: int, *, include_withdrawn: bool = False, after: int = 0) -> list[AcceptedSample]:
@@ -546,7 +547,7 @@ class Runs:
             query = query.where(RunSample.withdrawn_at.is_(None))
         with self.store.transaction() as session:
             return [
-                AcceptedSample(s.id, _candidate(c), s.activation, json.loads(s.covered), s.created_at)
+                AcceptedSample(s.id, _candidate(c), s.activation, s.covered, s.created_at)
                 for s, c in session.execute(query)
             ]
 
@@ -722,7 +723,7 @@ class Runs:
 
     def add_directive(self, run_id: int, words: str, kind: str, args: dict[str, Any]) -> int:
         with self.store.transaction(write=True) as session:
-            row = RunDirective(run_id=run_id, words=words, kind=kind, args=canonical_json(args), active=1, created_at=utcnow())
+            row = RunDirective(run_id=run_id, words=words, kind=kind, args=args, active=1, created_at=utcnow())
             session.add(row)
             session.flush()
             return row.id
@@ -733,7 +734,7 @@ class Runs:
             query = query.where(RunDirective.active == 1)
         with self.store.transaction() as session:
             return [
-                Directive(r.id, r.words, r.kind, json.loads(r.args), bool(r.active), r.created_at, r.reverted_at)
+                Directive(r.id, r.words, r.kind, r.args, bool(r.active), r.created_at, r.reverted_at)
                 for r in session.scalars(query.order_by(RunDirective.id))
             ]
 

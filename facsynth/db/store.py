@@ -245,10 +245,6 @@ def make_engine(url: str) -> Engine:
 # --------------------------------------------------------------------------- helpers
 
 
-def canonical_json(payload: Any) -> str:
-    return json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-
-
 def _chunks(items: Sequence[str], size: int = IN_CHUNK) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -398,7 +394,7 @@ class Store:
         """Id of the dataset with these samples in this order, registering it if new.
 
         ``samples`` holds ``(sample_hash, payload)`` pairs; the payload is stored as
-        canonical JSON. Samples already stored (by hash) are reused as they are. A
+        JSON. Samples already stored (by hash) are reused as they are. A
         dataset with the same content under another name returns the existing id.
         """
         hashes = [h for h, _ in samples]
@@ -409,9 +405,9 @@ class Store:
                 if existing.name != name:
                     log.info("dataset %r has the content of dataset %r (id %d)", name, existing.name, existing.id)
                 return int(existing.id)
-            payloads: dict[str, str] = {}
+            payloads: dict[str, dict[str, Any]] = {}
             for sample_hash, payload in samples:
-                payloads.setdefault(sample_hash, canonical_json(payload))
+                payloads.setdefault(sample_hash, payload)
             self.insert_ignore(
                 session,
                 Sample,
@@ -446,7 +442,7 @@ class Store:
                 .where(DatasetSample.dataset_id == dataset_id)
                 .order_by(DatasetSample.position)
             )
-            return [(h, json.loads(p)) for h, p in rows]
+            return [(h, p) for h, p in rows]
 
     # ------------------------------------------------------------------ feature hits
 
