@@ -14,7 +14,9 @@ such a store is stamped at its last step, then upgraded like any other.
 Adding a revision: change the models, then, on a scratch database migrated to head,
 ``alembic -c facsynth/db/alembic/alembic.ini -x url=sqlite:///scratch.db revision
 --autogenerate --rev-id m00N_what -m "what"``; review the script (it is released code:
-never edit one that shipped). ``alembic ... check`` says whether models and revisions agree.
+never edit one that shipped). A revision's id is its file name and ids sort in history
+order (``mNNN_what``), so an up-to-date store opens without importing Alembic.
+``alembic ... check`` says whether models and revisions agree.
 
 On SQLite, DDL is transactional only when the engine emits ``BEGIN`` itself; the
 :class:`~facsynth.db.store.Store` prepares its engine that way before migrating.
@@ -23,19 +25,16 @@ On SQLite, DDL is transactional only when the engine emits ``BEGIN`` itself; the
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 from sqlalchemy import JSON, Engine, MetaData, Text, TypeDecorator, text
 from sqlalchemy.engine import Connection
 
 from facsynth.errors import StoreError
+
+if TYPE_CHECKING:
+    from alembic.script import ScriptDirectory
 
 log = logging.getLogger(__name__)
 
@@ -50,29 +49,22 @@ _PG_LOCK_ID = 0x66616373  # "facs": serializes concurrent migrations on PostgreS
 
 LEGACY_TABLE = "_migrations"
 """Where stores written before Alembic recorded their migrations (names = revision ids)."""
-
-
-@lru_cache(maxsize=4)
-def _script(location: str) -> ScriptDirectory:
-    return ScriptDirectory(location)
-
-
-def _config(location: str, conn: Connection | None = None) -> Config:
-    cfg = Config()
-    cfg.set_main_option("script_location", location)
-    if conn is not None:
-        cfg.attributes["connection"] = conn
-    return cfg
+VERSION_TABLE = "alembic_version"
 
 
 def revisions(script_dir: Path | None = None) -> list[str]:
-    """Every revision id, oldest first (the history is linear)."""
-    script = _script(str(script_dir or SCRIPT_DIR))
-    return [rev.revision for rev in reversed(list(script.walk_revisions()))]
+    """Every revision id, oldest first: the names of ``versions/mNNN_*.py``.
+
+    Each revision's id is its file name, and ids sort in history order (a test checks it
+    against Alembic's own view), so opening a store that is up to date needs no Alembic.
+    """
+    return sorted(p.stem for p in ((script_dir or SCRIPT_DIR) / "versions").glob("m[0-9][0-9][0-9]_*.py"))
 
 
 def _current(conn: Connection) -> str | None:
-    heads = MigrationContext.configure(conn).get_current_heads()
+    if not conn.dialect.has_table(conn, VERSION_TABLE):
+        return None
+    heads = list(conn.scalars(text(f"SELECT version_num FROM {VERSION_TABLE}")))
     if len(heads) > 1:
         raise StoreError(f"the store records several schema heads ({', '.join(heads)}); it was not written by facsynth")
     return heads[0] if heads else None
@@ -99,8 +91,8 @@ def applied_migrations(conn: Connection, script_dir: Path | None = None) -> list
 def _bridge_legacy(conn: Connection, script: ScriptDirectory, chain: list[str]) -> None:
     """Stamp a store written before Alembic at the revision its ``_migrations`` table names,
     then drop that table (``alembic_version`` records the schema from here on)."""
-    if not conn.dialect.has_table(conn, LEGACY_TABLE) or conn.dialect.has_table(conn, "alembic_version"):
-        return
+    from alembic.runtime.migration import MigrationContext
+
     names = sorted(conn.scalars(text(f"SELECT name FROM {LEGACY_TABLE}")))
     unknown = [n for n in names if n not in chain]
     if unknown:
@@ -119,22 +111,32 @@ def migrate(engine: Engine, script_dir: Path | None = None) -> list[str]:
     Raises :class:`StoreError` when the database records a revision this version of
     facsynth does not know (it was written by a newer version).
     """
-    location = str(script_dir or SCRIPT_DIR)
-    script = _script(location)
-    chain = revisions(script_dir)
+    location = script_dir or SCRIPT_DIR
+    chain = revisions(location)
     with engine.connect() as conn:
         conn.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
         with conn.begin():
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_ID})
-            _bridge_legacy(conn, script, chain)
             before = _current(conn)
+            if before == chain[-1]:
+                return []  # up to date: Alembic is not even imported
             if before is not None and before not in chain:
                 _refuse_unknown([before])
-            if before == chain[-1]:
-                return []
+            from alembic import command
+            from alembic.config import Config
+            from alembic.script import ScriptDirectory
+            from alembic.util import CommandError
+
+            script = ScriptDirectory(str(location))
+            if before is None and conn.dialect.has_table(conn, LEGACY_TABLE):
+                _bridge_legacy(conn, script, chain)
+                before = _current(conn)
+            cfg = Config()
+            cfg.set_main_option("script_location", str(location))
+            cfg.attributes["connection"] = conn
             try:
-                command.upgrade(_config(location, conn), "head")
+                command.upgrade(cfg, "head")
             except CommandError as exc:
                 raise StoreError(f"cannot migrate the store: {exc}") from exc
             done = chain[chain.index(before) + 1 :] if before is not None else chain
@@ -156,7 +158,7 @@ def compare_type(
 
 def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
     """What autogenerate compares: everything but Alembic's and the legacy version tables."""
-    return not (type_ == "table" and name in (LEGACY_TABLE, "alembic_version"))
+    return not (type_ == "table" and name in (LEGACY_TABLE, VERSION_TABLE))
 
 
 def target_metadata() -> MetaData:

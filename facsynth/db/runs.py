@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import case, func, select, update
 
+from facsynth.db.arrays import decode_acts, decode_ids, encode_acts, encode_ids
 from facsynth.db.models import (
     FEATURE_STATUSES,
     Run,
@@ -35,7 +36,6 @@ from facsynth.db.models import (
     RunSample,
     utcnow,
 )
-from facsynth.db.arrays import decode_acts, decode_ids, encode_acts, encode_ids
 from facsynth.db.store import Store
 from facsynth.errors import InputError, StoreError
 

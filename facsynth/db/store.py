@@ -43,7 +43,14 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session
 
 from facsynth import paths
-from facsynth.db.arrays import decode_acts, decode_ids, decode_pooled, encode_acts, encode_ids, encode_pooled
+from facsynth.db.arrays import (
+    decode_acts,
+    decode_ids,
+    decode_pooled,
+    encode_acts,
+    encode_ids,
+    encode_pooled,
+)
 from facsynth.db.migrations import SQLITE_BEGIN_OPTION, applied_migrations, migrate
 from facsynth.db.models import (
     OUTCOMES,

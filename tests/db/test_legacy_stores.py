@@ -44,39 +44,66 @@ def old_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
 
 
 def _fill(engine: Engine) -> None:
+    blob = {"feature_ids": np.array([7], "<i4").tobytes(), "max_acts": np.array([2.5], "<f4").tobytes()}
     rows = {
-        "readers": dict(id=1, key="k" * 64, model_name="m", model_fingerprint="f", layer=3, sae_name="s",
-                        sae_hash="h", activation_mode="relu", template_mode="chat", created_at=NOW),
-        "datasets": dict(id=1, name="seed", source="seed.jsonl", content_hash="c" * 64, n_samples=1, created_at=NOW),
-        "samples": dict(id=1, sample_hash="a" * 64, payload=_json({"text": "héllo", "meta": {"z": 1, "a": 2}}),
-                        created_at=NOW),
-        "dataset_samples": dict(dataset_id=1, position=0, sample_id=1),
-        "feature_stats": dict(id=1, reader_id=1, dataset_id=1, feature_id=7, n_samples=1, active_count=1,
-                              frequency=1.0, max_act=2.5, quantiles=_json({"0.5": 1.25, "0.9": 2.0}), created_at=NOW),
-        "feature_spans": dict(id=1, reader_id=1, dataset_id=1, feature_id=7, kind="top", rank=0, sample_id=1,
-                              activation=2.5, peak_token=1, tokens=json.dumps(["hé", "llo"], ensure_ascii=False),
-                              acts=json.dumps([0.5, 2.5]), text="héllo"),
-        "span_collections": dict(id=1, reader_id=1, dataset_id=1, top_n=1, window=2, held_out=0, n_random=0,
-                                 delta=0.0, seed=0, n_samples=1, n_features=1, created_at=NOW),
-        "explanations": dict(id=1, reader_id=1, feature_id=7, dataset_id=1, text="greetings",
-                             words=json.dumps(["llo"]), explainer_model="x", created_at=NOW),
-        "tasks": dict(id=1, name="t", definition="d", criteria="c", format=_json({"kind": "text"}), source="preset",
-                      created_at=NOW),
-        "runs": dict(id=1, name="r1", status="stopped", strategy="agent", task="t", reader_id=1,
-                     config=_json({"config": {"b": 1, "a": [1, 2]}, "setup": {}}), feature_set="all", n_relevant=4,
-                     n_seed_covered=1, elapsed_s=1.0, created_at=NOW, updated_at=NOW),
-        "run_features": dict(id=1, run_id=1, feature_id=7, status="covered", attempts=1, priority=1.0, covered_by=1,
-                             updated_at=NOW),
-        "run_candidates": dict(id=1, run_id=1, feature_id=7, attempt=1, step=1, idx=0, role="positive",
-                               payload=_json({"text": "héllo"}), text_hash="t" * 64, prompt_hash="p" * 64, model="g",
-                               target_act=2.5, span=_json({"tokens": ["llo"], "acts": [2.5]}),
-                               feature_ids=np.array([7], "<i4").tobytes(), max_acts=np.array([2.5], "<f4").tobytes(),
-                               verdict="accepted", reason="ok", reason_code="joined",
-                               checks=_json({"loss": math.nan, "distance": 0.5, "request": False}), created_at=NOW),
-        "run_samples": dict(id=1, run_id=1, candidate_id=1, feature_id=7, text_hash="t" * 64, activation=2.5,
-                            covered=_json([7]), created_at=NOW),
-        "run_directives": dict(id=1, run_id=1, words="focus on 7", kind="focus", args=_json({"features": [7]}),
-                               active=1, created_at=NOW),
+        "readers": {
+            "id": 1, "key": "k" * 64, "model_name": "m", "model_fingerprint": "f", "layer": 3, "sae_name": "s",
+            "sae_hash": "h", "activation_mode": "relu", "template_mode": "chat", "created_at": NOW,
+        },
+        "datasets": {
+            "id": 1, "name": "seed", "source": "seed.jsonl", "content_hash": "c" * 64, "n_samples": 1,
+            "created_at": NOW,
+        },
+        "samples": {
+            "id": 1, "sample_hash": "a" * 64, "payload": _json({"text": "héllo", "meta": {"z": 1, "a": 2}}),
+            "created_at": NOW,
+        },
+        "dataset_samples": {"dataset_id": 1, "position": 0, "sample_id": 1},
+        "feature_stats": {
+            "id": 1, "reader_id": 1, "dataset_id": 1, "feature_id": 7, "n_samples": 1, "active_count": 1,
+            "frequency": 1.0, "max_act": 2.5, "quantiles": _json({"0.5": 1.25, "0.9": 2.0}), "created_at": NOW,
+        },
+        "feature_spans": {
+            "id": 1, "reader_id": 1, "dataset_id": 1, "feature_id": 7, "kind": "top", "rank": 0, "sample_id": 1,
+            "activation": 2.5, "peak_token": 1, "tokens": json.dumps(["hé", "llo"], ensure_ascii=False),
+            "acts": json.dumps([0.5, 2.5]), "text": "héllo",
+        },
+        "span_collections": {
+            "id": 1, "reader_id": 1, "dataset_id": 1, "top_n": 1, "window": 2, "held_out": 0, "n_random": 0,
+            "delta": 0.0, "seed": 0, "n_samples": 1, "n_features": 1, "created_at": NOW,
+        },
+        "explanations": {
+            "id": 1, "reader_id": 1, "feature_id": 7, "dataset_id": 1, "text": "greetings",
+            "words": json.dumps(["llo"]), "explainer_model": "x", "created_at": NOW,
+        },
+        "tasks": {
+            "id": 1, "name": "t", "definition": "d", "criteria": "c", "format": _json({"kind": "text"}),
+            "source": "preset", "created_at": NOW,
+        },
+        "runs": {
+            "id": 1, "name": "r1", "status": "stopped", "strategy": "agent", "task": "t", "reader_id": 1,
+            "config": _json({"config": {"b": 1, "a": [1, 2]}, "setup": {}}), "feature_set": "all", "n_relevant": 4,
+            "n_seed_covered": 1, "elapsed_s": 1.0, "created_at": NOW, "updated_at": NOW,
+        },
+        "run_features": {
+            "id": 1, "run_id": 1, "feature_id": 7, "status": "covered", "attempts": 1, "priority": 1.0,
+            "covered_by": 1, "updated_at": NOW,
+        },
+        "run_candidates": {
+            "id": 1, "run_id": 1, "feature_id": 7, "attempt": 1, "step": 1, "idx": 0, "role": "positive",
+            "payload": _json({"text": "héllo"}), "text_hash": "t" * 64, "prompt_hash": "p" * 64, "model": "g",
+            "target_act": 2.5, "span": _json({"tokens": ["llo"], "acts": [2.5]}), **blob,
+            "verdict": "accepted", "reason": "ok", "reason_code": "joined",
+            "checks": _json({"loss": math.nan, "distance": 0.5, "request": False}), "created_at": NOW,
+        },
+        "run_samples": {
+            "id": 1, "run_id": 1, "candidate_id": 1, "feature_id": 7, "text_hash": "t" * 64, "activation": 2.5,
+            "covered": _json([7]), "created_at": NOW,
+        },
+        "run_directives": {
+            "id": 1, "run_id": 1, "words": "focus on 7", "kind": "focus", "args": _json({"features": [7]}),
+            "active": 1, "created_at": NOW,
+        },
     }
     with engine.begin() as conn:
         for table, row in rows.items():
@@ -122,7 +149,8 @@ def test_a_store_written_before_alembic_opens_with_its_data(old_engine: Engine) 
     assert Store(old_engine).schema_version() == ALL_MIGRATIONS  # reopening changes nothing
 
 
-def test_a_store_left_at_an_older_migration_is_upgraded(old_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_store_left_at_an_older_migration_is_upgraded(old_engine: Engine,
+            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(legacy_migrations, "MIGRATIONS", legacy_migrations.MIGRATIONS[:3])
     assert legacy_migrations.migrate(old_engine) == ALL_MIGRATIONS[:3]
     with Store(old_engine) as store:
@@ -133,7 +161,8 @@ def test_a_store_left_at_an_older_migration_is_upgraded(old_engine: Engine, monk
 def test_a_legacy_migration_from_the_future_is_refused(old_engine: Engine) -> None:
     legacy_migrations.migrate(old_engine)
     with old_engine.begin() as conn:
-        conn.execute(text("INSERT INTO _migrations (name, applied_at) VALUES ('m900_from_the_future', :t)"), {"t": NOW})
+        conn.execute(text("INSERT INTO _migrations (name, applied_at) VALUES ('m900_from_the_future', :t)"),
+            {"t": NOW})
     with pytest.raises(StoreError, match="m900_from_the_future"):
         Store(old_engine)
     assert migrations.LEGACY_TABLE in inspect(old_engine).get_table_names()  # left as it was

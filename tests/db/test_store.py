@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -20,6 +22,7 @@ import numpy as np
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
@@ -109,6 +112,19 @@ def test_migrations_build_exactly_the_models(store: Store) -> None:
     """The models are the schema: the migrated database differs from them in nothing that
     autogenerate compares (tables, columns, types, nullability, keys, indexes)."""
     assert schema_differences(store.engine) == []
+
+
+def test_revision_files_are_alembic_history_in_order() -> None:
+    script = ScriptDirectory(str(migrations.SCRIPT_DIR))
+    assert [r.revision for r in reversed(list(script.walk_revisions()))] == ALL_MIGRATIONS
+    assert script.get_heads() == [ALL_MIGRATIONS[-1]]
+
+
+def test_opening_an_up_to_date_store_does_not_load_alembic(sqlite_file_url: str) -> None:
+    Store(sqlite_file_url).close()
+    code = f"import sys; from facsynth.db import Store; Store({sqlite_file_url!r}); print('alembic' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "False"
 
 
 def test_reopening_does_not_reapply_migrations(sqlite_file_url: str) -> None:
