@@ -6,7 +6,7 @@ is keyed by a reader (model, layer, SAE, reading modes) because a feature id mea
 nothing without the SAE that defines it.
 
 Records cross the boundary as the small dataclasses below; JSON columns (span tokens,
-quantiles, words, task formats) are encoded and decoded here and nowhere else.
+quantiles, words, task formats) are :class:`~facsynth.db.models.Json` columns.
 
 Writes are replace-style: saving a span collection replaces the previous one for the
 same reader and corpus, saving an explanation replaces the feature's previous one (and
@@ -16,7 +16,6 @@ the row of the same feature, task and method.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -172,7 +171,7 @@ class Catalog:
     def readers(self) -> list[tuple[int, str]]:
         """Readers that have catalog data, as (id, description), ascending id."""
         ids: set[int] = set()
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             for model in (SpanCollection, ExplanationRow, RelevanceRow):
                 ids.update(session.scalars(select(model.reader_id).distinct()))
             rows = session.execute(select(Reader).where(Reader.id.in_(sorted(ids))).order_by(Reader.id)).scalars()
@@ -180,7 +179,7 @@ class Catalog:
 
     def reader_identity(self, reader_id: int) -> dict[str, Any]:
         """The seven identity fields of a reader (what :meth:`Store.reader` takes)."""
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             r = session.get(Reader, reader_id)
             if r is None:
                 raise StoreError(f"no reader with id {reader_id} in {self.store.url}")
@@ -204,7 +203,7 @@ class Catalog:
 
     def clear_collection(self, reader_id: int, dataset_id: int) -> None:
         """Drop a collection with its stats and spans (also the spans of one that never finished)."""
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             for model in (SpanCollection, FeatureStatsRow, FeatureSpan):
                 session.execute(delete(model).where(model.reader_id == reader_id, model.dataset_id == dataset_id))
 
@@ -215,9 +214,9 @@ class Catalog:
                 raise ValueError(f"span kind must be one of {', '.join(SPAN_KINDS)}; got {span.kind!r}")
         if not spans:
             return
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             hashes = list({s.sample_hash for s in spans})
-            sample_ids = self.store._sample_ids(session, hashes)
+            sample_ids = self.store.sample_ids(session, hashes)
             missing = set(hashes) - set(sample_ids)
             if missing:
                 raise StoreError(f"{len(missing)} span sample(s) are not registered; register the corpus first")
@@ -229,8 +228,7 @@ class Catalog:
                         "feature_id": None if s.feature is None else int(s.feature), "kind": s.kind,
                         "rank": int(s.rank), "sample_id": sample_ids[s.sample_hash],
                         "activation": float(s.activation), "peak_token": int(s.peak_token),
-                        "tokens": json.dumps(s.tokens, ensure_ascii=False),
-                        "acts": json.dumps([round(float(a), 5) for a in s.acts]), "text": s.text,
+                        "tokens": list(s.tokens), "acts": [round(float(a), 5) for a in s.acts], "text": s.text,
                     }
                     for s in spans
                 ],
@@ -239,7 +237,7 @@ class Catalog:
     def finish_collection(self, info: CollectionInfo, stats: Sequence[FeatureStats]) -> None:
         """Store the stats and the collection row: a collection counts as present only from here on."""
         rid, did = info.reader_id, info.dataset_id
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             for model in (SpanCollection, FeatureStatsRow):
                 session.execute(delete(model).where(model.reader_id == rid, model.dataset_id == did))
             if stats:
@@ -250,7 +248,7 @@ class Catalog:
                             "reader_id": rid, "dataset_id": did, "feature_id": int(s.feature),
                             "n_samples": int(s.n_samples), "active_count": int(s.active_count),
                             "frequency": float(s.frequency), "max_act": float(s.max_act),
-                            "quantiles": json.dumps(s.quantiles, sort_keys=True),
+                            "quantiles": s.quantiles,
                         }
                         for s in stats
                     ],
@@ -279,7 +277,7 @@ class Catalog:
         )
         if dataset_id is not None:
             query = query.where(SpanCollection.dataset_id == dataset_id)
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             return [
                 CollectionInfo(
                     reader_id=c.reader_id, dataset_id=c.dataset_id, dataset_name=name, top_n=c.top_n,
@@ -296,11 +294,11 @@ class Catalog:
         )
         if features is not None:
             query = query.where(FeatureStatsRow.feature_id.in_([int(f) for f in features]))
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             return {
                 r.feature_id: FeatureStats(
                     feature=r.feature_id, n_samples=r.n_samples, active_count=r.active_count,
-                    frequency=r.frequency, max_act=r.max_act, quantiles=json.loads(r.quantiles),
+                    frequency=r.frequency, max_act=r.max_act, quantiles=r.quantiles,
                 )
                 for r in session.scalars(query)
             }
@@ -322,13 +320,12 @@ class Catalog:
         if features is not None:
             query = query.where(FeatureSpan.feature_id.in_([int(f) for f in features]))
         out: dict[int | None, list[Span]] = {}
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             for row, sample_hash in session.execute(query):
                 out.setdefault(row.feature_id, []).append(
                     Span(
                         feature=row.feature_id, kind=row.kind, rank=row.rank, sample_hash=sample_hash,
-                        activation=row.activation, peak_token=row.peak_token, tokens=json.loads(row.tokens),
-                        acts=json.loads(row.acts),
+                        activation=row.activation, peak_token=row.peak_token, tokens=row.tokens, acts=row.acts,
                     )
                 )
         return out
@@ -346,7 +343,7 @@ class Catalog:
             )
             .group_by(FeatureSpan.feature_id)
         )
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             rows = session.execute(query).all()
         return [int(f) for f, _ in sorted(rows, key=lambda r: (-r[1], r[0]))]
 
@@ -355,7 +352,7 @@ class Catalog:
     def save_explanation(self, reader_id: int, exp: Explanation) -> None:
         """Store a feature's explanation, replacing its previous one and that one's scores."""
         _check_label(exp.check_label, "check_label")
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             session.execute(
                 delete(ExplanationRow).where(
                     ExplanationRow.reader_id == reader_id, ExplanationRow.feature_id == exp.feature
@@ -364,7 +361,7 @@ class Catalog:
             session.add(
                 ExplanationRow(
                     reader_id=reader_id, feature_id=int(exp.feature), dataset_id=exp.dataset_id, text=exp.text,
-                    words=None if exp.words is None else json.dumps(exp.words, ensure_ascii=False),
+                    words=None if exp.words is None else list(exp.words),
                     explainer_model=exp.explainer_model, check_label=exp.check_label, check_model=exp.check_model,
                     detection_score=exp.detection_score, detection_n=exp.detection_n,
                     detection_model=exp.detection_model,
@@ -383,7 +380,7 @@ class Catalog:
         self._update_explanation(reader_id, feature, detection_score=float(score), detection_n=int(n), detection_model=model)
 
     def _update_explanation(self, reader_id: int, feature: int, **values: Any) -> None:
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             done = session.execute(
                 update(ExplanationRow)
                 .where(ExplanationRow.reader_id == reader_id, ExplanationRow.feature_id == int(feature))
@@ -400,30 +397,29 @@ class Catalog:
         query = select(ExplanationRow).where(ExplanationRow.reader_id == reader_id).order_by(ExplanationRow.feature_id)
         if features is not None:
             query = query.where(ExplanationRow.feature_id.in_([int(f) for f in features]))
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             return {r.feature_id: _explanation(r) for r in session.scalars(query)}
 
     # ------------------------------------------------------------------ tasks
 
     def save_task(self, task: TaskRecord) -> int:
         """Store a task (replacing the definition of one with the same name); return its id."""
-        fmt = None if task.format is None else json.dumps(task.format, sort_keys=True, ensure_ascii=False)
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             row = session.execute(select(TaskRow).where(TaskRow.name == task.name)).scalar_one_or_none()
             if row is None:
                 row = TaskRow(name=task.name)
                 session.add(row)
-            row.definition, row.criteria, row.format, row.source = task.definition, task.criteria, fmt, task.source
+            row.definition, row.criteria, row.format, row.source = task.definition, task.criteria, task.format, task.source
             session.flush()
             return int(row.id)
 
     def task(self, name: str) -> TaskRecord | None:
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             row = session.execute(select(TaskRow).where(TaskRow.name == name)).scalar_one_or_none()
             return None if row is None else _task(row)
 
     def tasks(self) -> list[TaskRecord]:
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             return [_task(r) for r in session.scalars(select(TaskRow).order_by(TaskRow.name))]
 
     def _task_id(self, session: Session, name: str) -> int:
@@ -444,7 +440,7 @@ class Catalog:
             _check_label(r.label, "relevance label")
             if r.method not in RELEVANCE_METHODS:
                 raise ValueError(f"relevance method must be one of {', '.join(RELEVANCE_METHODS)}; got {r.method!r}")
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             task_ids = {name: self._task_id(session, name) for name in {r.task for r in rows}}
             if replace_method is not None:
                 for task_id in task_ids.values():
@@ -488,7 +484,7 @@ class Catalog:
             query = query.where(RelevanceRow.feature_id.in_([int(f) for f in features]))
         if method is not None:
             query = query.where(RelevanceRow.method == method)
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             return [
                 Relevance(
                     feature=r.feature_id, task=name, method=r.method, label=r.label, analysis=r.analysis,
@@ -519,7 +515,7 @@ class Catalog:
 def _explanation(r: ExplanationRow) -> Explanation:
     return Explanation(
         feature=r.feature_id, text=r.text, explainer_model=r.explainer_model, dataset_id=r.dataset_id,
-        words=None if r.words is None else json.loads(r.words), check_label=r.check_label,
+        words=r.words, check_label=r.check_label,
         check_model=r.check_model, detection_score=r.detection_score, detection_n=r.detection_n,
         detection_model=r.detection_model, created_at=r.created_at,
     )
@@ -528,5 +524,5 @@ def _explanation(r: ExplanationRow) -> Explanation:
 def _task(r: TaskRow) -> TaskRecord:
     return TaskRecord(
         name=r.name, definition=r.definition, criteria=r.criteria,
-        format=None if r.format is None else json.loads(r.format), source=r.source,
+        format=r.format, source=r.source,
     )

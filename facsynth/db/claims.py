@@ -108,7 +108,7 @@ class Claims:
             conn.close()
             raise
         self._conn, self.slot = conn, slot
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             # open claims under this slot's name are an earlier session's, which died holding them
             session.execute(
                 update(RunClaim)
@@ -129,7 +129,7 @@ class Claims:
             return
         try:
             self.release()
-            with self.store._tx(write=True) as session:
+            with self.store.transaction(write=True) as session:
                 session.execute(update(RunWorker).where(RunWorker.id == self._row_id).values(stopped_at=utcnow()))
         finally:
             conn, self._conn = self._conn, None
@@ -150,7 +150,7 @@ class Claims:
     def live(self, conn: Any = None) -> set[str]:
         """Names of the run's workers alive now (this one included while it runs)."""
         if conn is None:
-            with self.store._tx() as session:
+            with self.store.transaction() as session:
                 return self.live(session)
         return {f"w{int(s)}" for (s,) in conn.execute(_LIVE, {"key": self._key})}
 
@@ -184,7 +184,7 @@ class Claims:
         now = utcnow()
         picked: list[int] = []
         recovered: list[int] = []
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             live = self.live(session)
 
             def open_claim(f: int) -> RunClaim | None:
@@ -238,7 +238,7 @@ class Claims:
         want = sorted({int(f) for f in features})
         if not want:
             return True
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             states = dict(session.execute(
                 select(RunFeature.feature_id, RunFeature.status)
                 .where(RunFeature.run_id == self.run_id, RunFeature.feature_id.in_(want))
@@ -265,12 +265,12 @@ class Claims:
         kept = [int(f) for f in keep]
         if kept:
             query = query.where(RunClaim.feature_id.not_in(kept))
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             return int(session.execute(query.values(released_at=utcnow(), outcome="released")).rowcount or 0)
 
     def held_by_others(self) -> set[int]:
         """Features with an open claim of another live worker."""
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             live = self.live(session) - {self.name}
             if not live:
                 return set()
@@ -283,7 +283,7 @@ class Claims:
 
     def mine(self) -> set[int]:
         """Features this worker holds an open claim on."""
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             rows = session.execute(
                 select(RunClaim.feature_id).where(
                     RunClaim.run_id == self.run_id, RunClaim.released_at.is_(None), RunClaim.worker == self.name

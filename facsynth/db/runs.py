@@ -17,7 +17,6 @@ so they apply one after another.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 from sqlalchemy import case, func, select, update
 
+from facsynth.db.arrays import decode_acts, decode_ids, encode_acts, encode_ids
 from facsynth.db.models import (
     FEATURE_STATUSES,
     Run,
@@ -36,7 +36,7 @@ from facsynth.db.models import (
     RunSample,
     utcnow,
 )
-from facsynth.db.store import Store, _canonical_json, _decode, _encode_acts, _encode_ids
+from facsynth.db.store import Store
 from facsynth.errors import InputError, StoreError
 
 EXCLUDED_BY_USER = "excluded by the user"
@@ -215,7 +215,7 @@ class Summary:
 def _record(r: Run) -> RunRecord:
     return RunRecord(
         id=r.id, name=r.name, status=r.status, strategy=r.strategy, task=r.task, reader_id=r.reader_id,
-        config=json.loads(r.config), feature_set=r.feature_set, n_relevant=r.n_relevant,
+        config=r.config, feature_set=r.feature_set, n_relevant=r.n_relevant,
         n_seed_covered=r.n_seed_covered, stop_reason=r.stop_reason, elapsed_s=r.elapsed_s,
         created_at=r.created_at, updated_at=r.updated_at,
     )
@@ -227,13 +227,13 @@ def _feature(r: RunFeature) -> FeatureState:
 
 def _candidate(r: RunCandidate) -> Candidate:
     return Candidate(
-        feature=r.feature_id, attempt=r.attempt, step=r.step, idx=r.idx, role=r.role, payload=json.loads(r.payload),
+        feature=r.feature_id, attempt=r.attempt, step=r.step, idx=r.idx, role=r.role, payload=r.payload,
         text_hash=r.text_hash, prompt_hash=r.prompt_hash, model=r.model, label=r.label, id=r.id,
-        target_act=r.target_act, span=json.loads(r.span) if r.span else None,
-        feature_ids=None if r.feature_ids is None else _decode(r.feature_ids, "<i4", np.int32),
-        max_acts=None if r.max_acts is None else _decode(r.max_acts, "<f4", np.float32),
+        target_act=r.target_act, span=r.span or None,
+        feature_ids=None if r.feature_ids is None else decode_ids(r.feature_ids),
+        max_acts=None if r.max_acts is None else decode_acts(r.max_acts),
         verdict=r.verdict, reason=r.reason, proposed=r.proposed, review=r.review, code=r.reason_code,
-        checks=json.loads(r.checks) if r.checks else None,
+        checks=r.checks or None,
     )
 
 
@@ -277,11 +277,11 @@ class Runs:
         """
         held = {int(f) for f in held_back}
         now = utcnow()
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             if session.scalar(select(Run.id).where(Run.name == name)) is not None:
                 raise InputError(f"a run named {name!r} exists in {self.store.url}; resume it or pick another --run name")
             run = Run(
-                name=name, status="created", strategy=strategy, task=task, reader_id=reader_id, config=_canonical_json(config),
+                name=name, status="created", strategy=strategy, task=task, reader_id=reader_id, config=config,
                 feature_set=feature_set, n_relevant=n_relevant, n_seed_covered=n_seed_covered, elapsed_s=0.0,
                 created_at=now, updated_at=now,
             )
@@ -295,11 +295,12 @@ class Runs:
                 for f, p in missing.items()
             )
             session.flush()
+            session.refresh(run)  # the config as stored (a copy, keys sorted)
             return _record(run)
 
     def get(self, name: str) -> RunRecord:
         """The run called ``name``; a one-line error listing the runs when there is none."""
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             run = session.scalar(select(Run).where(Run.name == name))
             if run is None:
                 names = list(session.scalars(select(Run.name).order_by(Run.created_at.desc()).limit(5)))
@@ -309,7 +310,7 @@ class Runs:
 
     def all(self) -> list[RunRecord]:
         """Every run, newest first."""
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             return [_record(r) for r in session.scalars(select(Run).order_by(Run.created_at.desc(), Run.id.desc()))]
 
     def latest(self) -> RunRecord | None:
@@ -318,7 +319,7 @@ class Runs:
 
     def set_status(self, run_id: int, status: str, reason: str | None = None, *, elapsed_s: float | None = None) -> None:
         """Set the run's status (and its stop reason; ``running`` clears it), and its total wall time."""
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             values: dict[str, Any] = {"status": status, "updated_at": utcnow()}
             if elapsed_s is not None:
                 values["elapsed_s"] = float(elapsed_s)
@@ -327,8 +328,8 @@ class Runs:
             session.execute(update(Run).where(Run.id == run_id).values(**values))
 
     def update_config(self, run_id: int, config: dict[str, Any]) -> None:
-        with self.store._tx(write=True) as session:
-            session.execute(update(Run).where(Run.id == run_id).values(config=_canonical_json(config), updated_at=utcnow()))
+        with self.store.transaction(write=True) as session:
+            session.execute(update(Run).where(Run.id == run_id).values(config=config, updated_at=utcnow()))
 
     # ------------------------------------------------------------------ features
 
@@ -337,12 +338,12 @@ class Runs:
         query = select(RunFeature).where(RunFeature.run_id == run_id)
         if statuses is not None:
             query = query.where(RunFeature.status.in_(list(statuses)))
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             rows = session.scalars(query.order_by(RunFeature.priority.desc(), RunFeature.feature_id))
             return [_feature(r) for r in rows]
 
     def feature(self, run_id: int, feature: int) -> FeatureState | None:
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             row = session.scalar(select(RunFeature).where(RunFeature.run_id == run_id, RunFeature.feature_id == feature))
             return None if row is None else _feature(row)
 
@@ -356,7 +357,7 @@ class Runs:
         ids = [int(f) for f in features]
         if not ids:
             return 0
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             query = update(RunFeature).where(RunFeature.run_id == run_id, RunFeature.feature_id.in_(ids))
             if only_from is not None:
                 query = query.where(RunFeature.status.in_(list(only_from)))
@@ -368,16 +369,16 @@ class Runs:
     def add_candidates(self, run_id: int, feature: int, attempt: int, candidates: Sequence[Candidate]) -> list[Candidate]:
         """Store one attempt's candidates (again: kept as they are) and count the attempt."""
         now = utcnow()
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             rows = [
                 {
                     "run_id": run_id, "feature_id": feature, "attempt": attempt, "step": c.step, "idx": c.idx,
-                    "role": c.role, "payload": _canonical_json(c.payload), "label": c.label, "text_hash": c.text_hash,
+                    "role": c.role, "payload": c.payload, "label": c.label, "text_hash": c.text_hash,
                     "prompt_hash": c.prompt_hash, "model": c.model, "created_at": now,
                 }
                 for c in candidates
             ]
-            self.store._insert_ignore(session, RunCandidate, rows, ["run_id", "feature_id", "attempt", "idx"])
+            self.store.insert_ignore(session, RunCandidate, rows, ["run_id", "feature_id", "attempt", "idx"])
             session.execute(
                 update(RunFeature)
                 .where(RunFeature.run_id == run_id, RunFeature.feature_id == feature, RunFeature.attempts < attempt)
@@ -400,7 +401,7 @@ class Runs:
             query = query.where(RunCandidate.attempt == attempt)
         if unverified:
             query = query.where(RunCandidate.verdict.is_(None))
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             rows = session.scalars(query.order_by(RunCandidate.feature_id, RunCandidate.attempt, RunCandidate.idx))
             return [_candidate(r) for r in rows]
 
@@ -429,7 +430,7 @@ class Runs:
         """
         now = utcnow()
         newly: list[int] = []
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             _lock_run(session, run_id)
             best: float | None = None
             for v in verdicts:
@@ -439,13 +440,13 @@ class Runs:
                 if row.verdict is not None:  # settled before a crash: keep the first decision
                     continue
                 row.target_act = float(v.target_act)
-                row.span = _canonical_json(v.span) if v.span else None
-                row.feature_ids = _encode_ids(v.feature_ids)
-                row.max_acts = _encode_acts(v.max_acts)
+                row.span = v.span or None
+                row.feature_ids = encode_ids(v.feature_ids)
+                row.max_acts = encode_acts(v.max_acts)
                 row.verdict = v.verdict
                 row.reason = v.reason
                 row.reason_code = v.code or None
-                row.checks = _canonical_json(v.checks) if v.checks else None
+                row.checks = v.checks or None
                 if row.role != "negative":
                     best = v.target_act if best is None else max(best, v.target_act)
                 if not v.accept:
@@ -471,7 +472,7 @@ class Runs:
                     continue
                 sample = RunSample(
                     run_id=run_id, candidate_id=row.id, feature_id=feature, text_hash=row.text_hash,
-                    activation=float(v.target_act), covered="[]", created_at=now,
+                    activation=float(v.target_act), covered=[], created_at=now,
                 )
                 session.add(sample)
                 session.flush()
@@ -490,7 +491,7 @@ class Runs:
                         )
                         .values(status="covered", reason=_KEEP_EXCLUSION)
                     )
-                sample.covered = _canonical_json(sorted(credited))
+                sample.covered = sorted(credited)
                 newly.extend(credited)
             target = session.scalar(
                 select(RunFeature).where(RunFeature.run_id == run_id, RunFeature.feature_id == feature)
@@ -515,7 +516,7 @@ class Runs:
         ids = [int(i) for i in candidate_ids]
         if not ids:
             return
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             session.execute(
                 update(RunCandidate)
                 .where(RunCandidate.run_id == run_id, RunCandidate.id.in_(ids), RunCandidate.verdict.is_(None))
@@ -529,7 +530,7 @@ class Runs:
             .where(RunCandidate.run_id == run_id, RunCandidate.proposed.is_not(None), RunCandidate.verdict.is_(None))
             .order_by(RunCandidate.id)
         )
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             return [_candidate(r) for r in session.scalars(query)]
 
     def decide(self, run_id: int, candidate_id: int, action: str | None, *, sample: dict[str, Any] | None = None,
@@ -538,15 +539,16 @@ class Runs:
         (``sample``, ``text_hash``); None takes a decision back."""
         if action not in ("approve", "deny", "edit", None):
             raise ValueError(f"unknown review action {action!r}")
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             row = session.get(RunCandidate, candidate_id)
             if row is None or row.run_id != run_id or row.proposed is None or row.verdict is not None:
                 raise InputError(f"candidate {candidate_id} is not waiting for review in this run; /review lists those that are")
             row.review = action
             if sample is not None:
                 assert text_hash is not None
-                row.payload, row.text_hash = _canonical_json(sample), text_hash
+                row.payload, row.text_hash = sample, text_hash
             session.flush()
+            session.refresh(row)  # the payload as stored (a copy, keys sorted)
             return _candidate(row)
 
     def samples(self, run_id: int, *, include_withdrawn: bool = False, after: int = 0) -> list[AcceptedSample]:
@@ -559,9 +561,9 @@ class Runs:
         )
         if not include_withdrawn:
             query = query.where(RunSample.withdrawn_at.is_(None))
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             return [
-                AcceptedSample(s.id, _candidate(c), s.activation, json.loads(s.covered), s.created_at)
+                AcceptedSample(s.id, _candidate(c), s.activation, s.covered, s.created_at)
                 for s, c in session.execute(query)
             ]
 
@@ -573,7 +575,7 @@ class Runs:
         query = select(RunSample.candidate_id, RunSample.id).where(
             RunSample.run_id == run_id, RunSample.candidate_id.in_(ids), RunSample.withdrawn_at.is_(None)
         )
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             return {int(c): int(s) for c, s in session.execute(query)}
 
     def withdraw_samples(self, run_id: int, sample_ids: Iterable[int], *, delta: float) -> list[int]:
@@ -593,7 +595,7 @@ class Runs:
 
     def _recredit(self, run_id: int, ids: list[int], *, delta: float, withdraw: bool) -> list[int]:
         now = utcnow()
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             _lock_run(session, run_id)
             rows = list(session.scalars(select(RunSample).where(RunSample.run_id == run_id, RunSample.id.in_(ids))))
             unknown = set(ids) - {r.id for r in rows}
@@ -609,7 +611,7 @@ class Runs:
                 .order_by(RunSample.id)
             ).all()
             fires = {
-                sid: set(_decode(fi, "<i4", np.int32)[_decode(ma, "<f4", np.float32) > delta].tolist())
+                sid: set(decode_ids(fi)[decode_acts(ma) > delta].tolist())
                 for sid, fi, ma in live if fi is not None and ma is not None
             }
             if withdraw:
@@ -640,7 +642,7 @@ class Runs:
 
         The run's total wall time becomes ``elapsed_s``, so a run killed with SIGKILL keeps
         what it spent up to its last step."""
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             run = session.get(Run, run_id, with_for_update={"key_share": True})  # workers append in turn (seq is per run)
             assert run is not None
             run.elapsed_s = max(float(run.elapsed_s), float(elapsed_s))
@@ -656,7 +658,7 @@ class Runs:
             )
 
     def progress(self, run_id: int) -> list[RunProgress]:
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             rows = list(session.scalars(select(RunProgress).where(RunProgress.run_id == run_id).order_by(RunProgress.seq)))
             session.expunge_all()
             return rows
@@ -681,7 +683,7 @@ class Runs:
             .group_by(retry, accepted)
         )
         out = [0, 0, 0, 0]
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             for is_retry, ok, n in session.execute(query):
                 base = 2 if is_retry else 0
                 out[base] += int(n)
@@ -690,7 +692,7 @@ class Runs:
         return out[0], out[1], out[2], out[3]
 
     def summary(self, name_or_id: str | int) -> Summary:
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             query = select(Run).where(Run.id == name_or_id if isinstance(name_or_id, int) else Run.name == name_or_id)
             run = session.scalar(query)
             if run is None:
@@ -728,7 +730,7 @@ class Runs:
             .group_by(RunCandidate.role, RunCandidate.reason_code)
         )
         out: dict[str, dict[str, int]] = {}
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             for role, code, n in session.execute(query):
                 out.setdefault(role, {})[code or "unknown"] = int(n)
         return out
@@ -736,8 +738,8 @@ class Runs:
     # ------------------------------------------------------------------ directives
 
     def add_directive(self, run_id: int, words: str, kind: str, args: dict[str, Any]) -> int:
-        with self.store._tx(write=True) as session:
-            row = RunDirective(run_id=run_id, words=words, kind=kind, args=_canonical_json(args), active=1, created_at=utcnow())
+        with self.store.transaction(write=True) as session:
+            row = RunDirective(run_id=run_id, words=words, kind=kind, args=args, active=1, created_at=utcnow())
             session.add(row)
             session.flush()
             return row.id
@@ -746,14 +748,14 @@ class Runs:
         query = select(RunDirective).where(RunDirective.run_id == run_id)
         if active_only:
             query = query.where(RunDirective.active == 1)
-        with self.store._tx() as session:
+        with self.store.transaction() as session:
             return [
-                Directive(r.id, r.words, r.kind, json.loads(r.args), bool(r.active), r.created_at, r.reverted_at)
+                Directive(r.id, r.words, r.kind, r.args, bool(r.active), r.created_at, r.reverted_at)
                 for r in session.scalars(query.order_by(RunDirective.id))
             ]
 
     def revert_directive(self, run_id: int, directive_id: int) -> bool:
-        with self.store._tx(write=True) as session:
+        with self.store.transaction(write=True) as session:
             result = session.execute(
                 update(RunDirective)
                 .where(RunDirective.run_id == run_id, RunDirective.id == directive_id, RunDirective.active == 1)

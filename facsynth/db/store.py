@@ -43,6 +43,14 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session
 
 from facsynth import paths
+from facsynth.db.arrays import (
+    decode_acts,
+    decode_ids,
+    decode_pooled,
+    encode_acts,
+    encode_ids,
+    encode_pooled,
+)
 from facsynth.db.migrations import SQLITE_BEGIN_OPTION, applied_migrations, migrate
 from facsynth.db.models import (
     OUTCOMES,
@@ -70,8 +78,6 @@ IN_CHUNK = 500
 """Most values bound in one ``IN (...)`` clause."""
 ERROR_MAX_CHARS = 4000
 """Longer error texts are truncated before they are stored."""
-_F16_MAX = float(np.finfo(np.float16).max)
-_I32_MAX = int(np.iinfo(np.int32).max)
 
 
 class LLMTotals(TypedDict):
@@ -243,35 +249,7 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-# --------------------------------------------------------------------------- arrays
-
-
-def _encode_ids(ids: np.ndarray) -> bytes:
-    arr = np.asarray(ids)
-    if arr.ndim != 1:
-        raise ValueError(f"feature_ids must be 1-D, got shape {arr.shape}")
-    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > _I32_MAX):
-        raise ValueError("feature_ids must lie in [0, 2**31)")
-    return np.ascontiguousarray(arr, dtype="<i4").tobytes()
-
-
-def _encode_acts(acts: np.ndarray) -> bytes:
-    return np.ascontiguousarray(acts, dtype="<f4").tobytes()
-
-
-def _encode_pooled(pooled: np.ndarray | None) -> bytes | None:
-    if pooled is None:
-        return None
-    arr = np.clip(np.asarray(pooled, dtype=np.float32).ravel(), -_F16_MAX, _F16_MAX)
-    return arr.astype("<f2").tobytes()
-
-
-def _decode(blob: bytes, dtype: str, out: type[np.generic]) -> np.ndarray:
-    return np.frombuffer(blob, dtype=dtype).astype(out)
-
-
-def _canonical_json(payload: Any) -> str:
-    return json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+# --------------------------------------------------------------------------- helpers
 
 
 def _chunks(items: Sequence[str], size: int = IN_CHUNK) -> Iterator[Sequence[str]]:
@@ -286,7 +264,7 @@ class Store:
     """The facsynth database. Construct it with a URL or an engine; it migrates at once.
 
     >>> store = Store("sqlite://")          # in memory
-    >>> store.schema_version()
+    >>> store.schema_version()[:2]
     ['m001_initial', 'm002_catalog']
     """
 
@@ -332,8 +310,15 @@ class Store:
         return f"Store({self.url!r})"
 
     @contextmanager
-    def _tx(self, write: bool = False) -> Iterator[Session]:
-        """One transaction; on SQLite a writing one takes the write lock up front."""
+    def transaction(self, write: bool = False) -> Iterator[Session]:
+        """One transaction as an ORM session: committed on exit, rolled back on an exception.
+
+        ``write=True`` on SQLite takes the write lock up front (``BEGIN IMMEDIATE``), so two
+        writers queue instead of failing on a lock upgrade. A lost connection or a lock
+        timeout becomes :class:`StoreError`. The repositories (:class:`~facsynth.db.runs.Runs`,
+        :class:`~facsynth.db.catalog.Catalog`, :class:`~facsynth.db.claims.Claims`) run every
+        method in one of these.
+        """
         try:
             with self.engine.connect() as conn:
                 if write and self._sqlite:
@@ -343,7 +328,7 @@ class Store:
         except OperationalError as exc:
             raise StoreError(f"store {self.url}: {self._clean(exc)}") from exc
 
-    def _insert_ignore(self, session: Session, model: type[Base], rows: list[dict[str, Any]], keys: list[str]) -> None:
+    def insert_ignore(self, session: Session, model: type[Base], rows: list[dict[str, Any]], keys: list[str]) -> None:
         """Insert ``rows``, silently skipping those that collide on the unique ``keys``."""
         if not rows:
             return
@@ -367,7 +352,8 @@ class Store:
                 except IntegrityError:
                     pass
 
-    def _sample_ids(self, session: Session, hashes: Sequence[str]) -> dict[str, int]:
+    def sample_ids(self, session: Session, hashes: Sequence[str]) -> dict[str, int]:
+        """Sample hash -> ``samples.id`` for the registered ones among ``hashes``."""
         ids: dict[str, int] = {}
         for chunk in _chunks(hashes):
             rows = session.execute(select(Sample.sample_hash, Sample.id).where(Sample.sample_hash.in_(chunk)))
@@ -377,8 +363,8 @@ class Store:
     # ------------------------------------------------------------------ schema
 
     def schema_version(self) -> list[str]:
-        """Names of the applied migrations, in order."""
-        with self._tx() as session:
+        """Ids of the applied migrations (Alembic revisions), oldest first."""
+        with self.transaction() as session:
             return applied_migrations(session.connection())
 
     # ------------------------------------------------------------------ readers
@@ -405,8 +391,8 @@ class Store:
             "activation_mode": activation_mode,
             "template_mode": template_mode,
         }
-        with self._tx(write=True) as session:
-            self._insert_ignore(session, Reader, [row], ["key"])
+        with self.transaction(write=True) as session:
+            self.insert_ignore(session, Reader, [row], ["key"])
             return session.execute(select(Reader.id).where(Reader.key == key)).scalar_one()
 
     # ------------------------------------------------------------------ datasets
@@ -415,35 +401,35 @@ class Store:
         """Id of the dataset with these samples in this order, registering it if new.
 
         ``samples`` holds ``(sample_hash, payload)`` pairs; the payload is stored as
-        canonical JSON. Samples already stored (by hash) are reused as they are. A
+        JSON. Samples already stored (by hash) are reused as they are. A
         dataset with the same content under another name returns the existing id.
         """
         hashes = [h for h, _ in samples]
         content = dataset_hash(hashes)
-        with self._tx(write=True) as session:
+        with self.transaction(write=True) as session:
             existing = session.execute(select(Dataset.id, Dataset.name).where(Dataset.content_hash == content)).first()
             if existing is not None:
                 if existing.name != name:
                     log.info("dataset %r has the content of dataset %r (id %d)", name, existing.name, existing.id)
                 return int(existing.id)
-            payloads: dict[str, str] = {}
+            payloads: dict[str, dict[str, Any]] = {}
             for sample_hash, payload in samples:
-                payloads.setdefault(sample_hash, _canonical_json(payload))
-            self._insert_ignore(
+                payloads.setdefault(sample_hash, payload)
+            self.insert_ignore(
                 session,
                 Sample,
                 [{"sample_hash": h, "payload": p} for h, p in payloads.items()],
                 ["sample_hash"],
             )
-            ids = self._sample_ids(session, list(payloads))
-            self._insert_ignore(
+            ids = self.sample_ids(session, list(payloads))
+            self.insert_ignore(
                 session,
                 Dataset,
                 [{"name": name, "source": source, "content_hash": content, "n_samples": len(hashes)}],
                 ["content_hash"],
             )
             dataset_id = session.execute(select(Dataset.id).where(Dataset.content_hash == content)).scalar_one()
-            self._insert_ignore(
+            self.insert_ignore(
                 session,
                 DatasetSample,
                 [{"dataset_id": dataset_id, "position": i, "sample_id": ids[h]} for i, h in enumerate(hashes)],
@@ -454,7 +440,7 @@ class Store:
 
     def dataset_samples(self, dataset_id: int) -> list[tuple[str, dict[str, Any]]]:
         """The ``(sample_hash, payload)`` pairs of a dataset, in order."""
-        with self._tx() as session:
+        with self.transaction() as session:
             if session.get(Dataset, dataset_id) is None:
                 raise StoreError(f"no dataset with id {dataset_id} in {self.url}")
             rows = session.execute(
@@ -463,7 +449,7 @@ class Store:
                 .where(DatasetSample.dataset_id == dataset_id)
                 .order_by(DatasetSample.position)
             )
-            return [(h, json.loads(p)) for h, p in rows]
+            return [(h, p) for h, p in rows]
 
     # ------------------------------------------------------------------ feature hits
 
@@ -474,7 +460,7 @@ class Store:
         """
         hashes = list(dict.fromkeys(sample_hashes))
         found: dict[str, SampleFeatures] = {}
-        with self._tx() as session:
+        with self.transaction() as session:
             for chunk in _chunks(hashes):
                 rows = session.execute(
                     select(
@@ -491,9 +477,9 @@ class Store:
                     found[h] = SampleFeatures(
                         sample_hash=h,
                         n_tokens=int(n_tokens),
-                        feature_ids=_decode(ids, "<i4", np.int32),
-                        max_acts=_decode(acts, "<f4", np.float32),
-                        pooled=None if pooled is None else _decode(pooled, "<f2", np.float32),
+                        feature_ids=decode_ids(ids),
+                        max_acts=decode_acts(acts),
+                        pooled=None if pooled is None else decode_pooled(pooled),
                     )
         return found
 
@@ -523,13 +509,13 @@ class Store:
                     "reader_id": reader_id,
                     "sample_hash": item.sample_hash,
                     "n_tokens": int(item.n_tokens),
-                    "feature_ids": _encode_ids(item.feature_ids),
-                    "max_acts": _encode_acts(item.max_acts),
-                    "pooled": _encode_pooled(item.pooled),
+                    "feature_ids": encode_ids(item.feature_ids),
+                    "max_acts": encode_acts(item.max_acts),
+                    "pooled": encode_pooled(item.pooled),
                 }
             )
-        with self._tx(write=True) as session:
-            ids = self._sample_ids(session, list(unique))
+        with self.transaction(write=True) as session:
+            ids = self.sample_ids(session, list(unique))
             missing = [h for h in unique if h not in ids]
             if missing:
                 raise StoreError(
@@ -538,7 +524,7 @@ class Store:
                 )
             for row in rows:
                 row["sample_id"] = ids[row.pop("sample_hash")]
-            self._insert_ignore(session, SampleFeatureRow, rows, ["reader_id", "sample_id"])
+            self.insert_ignore(session, SampleFeatureRow, rows, ["reader_id", "sample_id"])
         log.debug("saved features of %d sample(s) under reader %d", len(rows), reader_id)
 
     # ------------------------------------------------------------------ LLM calls and cache
@@ -574,20 +560,20 @@ class Store:
             outcome=outcome,
             error=error,
         )
-        with self._tx(write=True) as session:
+        with self.transaction(write=True) as session:
             session.add(call)
             session.flush()
             return int(call.id)
 
     def llm_cache_get(self, key: str) -> str | None:
         """The cached reply under ``key``, or None."""
-        with self._tx() as session:
+        with self.transaction() as session:
             return session.execute(select(LLMCacheEntry.response).where(LLMCacheEntry.key == key)).scalar_one_or_none()
 
     def llm_cache_put(self, key: str, model: str, response: str) -> None:
         """Cache a reply; an entry already under ``key`` is kept."""
-        with self._tx(write=True) as session:
-            self._insert_ignore(session, LLMCacheEntry, [{"key": key, "model": model, "response": response}], ["key"])
+        with self.transaction(write=True) as session:
+            self.insert_ignore(session, LLMCacheEntry, [{"key": key, "model": model, "response": response}], ["key"])
 
     def llm_totals(self, run_id: str | None = None) -> LLMTotals:
         """Call counts (overall and by outcome), token and latency sums; one run or all."""
@@ -603,7 +589,7 @@ class Store:
         totals = LLMTotals(
             calls=0, by_outcome={o: 0 for o in OUTCOMES}, tokens_in=0, tokens_out=0, latency_s=0.0
         )
-        with self._tx() as session:
+        with self.transaction() as session:
             for outcome, n, t_in, t_out, latency in session.execute(query):
                 totals["by_outcome"][outcome] = int(n)
                 totals["calls"] += int(n)

@@ -39,7 +39,7 @@ def _run(store: Store, n: int = 6) -> int:
 
 
 def _claims(store: Store, run_id: int) -> list[RunClaim]:
-    with store._tx() as session:
+    with store.transaction() as session:
         rows = list(session.scalars(select(RunClaim).where(RunClaim.run_id == run_id).order_by(RunClaim.id)))
         session.expunge_all()
         return rows
@@ -71,7 +71,7 @@ def test_live_workers_hold_disjoint_slots_and_features(pg_engine) -> None:
     # stopping releases everything; the record stays
     rows = _claims(store, run_id)
     assert all(r.released_at is not None and r.outcome == "released" for r in rows)
-    with store._tx() as session:
+    with store.transaction() as session:
         workers = list(session.scalars(select(RunWorker).where(RunWorker.run_id == run_id)))
         assert sorted(w.name for w in workers) == ["w0", "w1"] and all(w.stopped_at is not None for w in workers)
     with Claims(store, run_id) as again:
@@ -144,7 +144,7 @@ def test_a_sigkilled_worker_gives_its_slot_and_features_back_at_once(pg_url) -> 
             assert me.live() == {"w1"}
             assert me.claim([0, 1, 2, 3], 2) == [0, 1]
             # a dead session's claim found by the next worker in its slot: closed when that one starts
-            with store._tx(write=True) as session:
+            with store.transaction(write=True) as session:
                 session.add(RunClaim(run_id=run_id, feature_id=4, worker="w0", claimed_at=utcnow()))
             with Claims(store, run_id) as next_w0:
                 assert next_w0.name == "w0" and next_w0.mine() == set()
@@ -177,7 +177,7 @@ def test_a_settlement_and_a_claim_on_the_same_feature_never_deadlock(pg_engine) 
     verdict = Verdict(candidate_id=cand.id, target_act=0.5, span=None, feature_ids=np.array([0], dtype=np.int32),
                       max_acts=np.array([0.5], dtype=np.float32), verdict="rejected", reason="r")
     errors: list[Exception] = []
-    with store._tx(write=True) as session:  # the claim: feature 0's row first
+    with store.transaction(write=True) as session:  # the claim: feature 0's row first
         session.execute(select(RunFeature.id).where(RunFeature.run_id == run_id, RunFeature.feature_id == 0)
                         .with_for_update())
 

@@ -8,7 +8,10 @@ not reachable.
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -17,6 +20,9 @@ from typing import get_args
 
 import numpy as np
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
@@ -72,75 +78,26 @@ def _count(store: Store, table: str) -> int:
 
 # --------------------------------------------------------------------------- schema
 
+ALL_MIGRATIONS = migrations.revisions()
 
-def test_in_memory_schema_has_every_table_and_column() -> None:
+READER_FIELDS = [
+    "model_name", "model_fingerprint", "layer", "sae_name", "sae_hash", "activation_mode", "template_mode",
+]
+
+
+def schema_differences(engine: Engine) -> list:
+    """What Alembic's autogenerate would change to bring the database to the models (empty: they agree)."""
+    with engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": migrations.compare_type, "include_object": migrations.include_object}
+        )
+        return compare_metadata(context, Base.metadata)
+
+
+def test_in_memory_schema_has_every_table_and_key() -> None:
     store = Store("sqlite://")
     insp = inspect(store.engine)
-    expected = {
-        "_migrations": {"name", "applied_at"},
-        "readers": {
-            "id", "key", "model_name", "model_fingerprint", "layer", "sae_name", "sae_hash",
-            "activation_mode", "template_mode", "created_at",
-        },
-        "datasets": {"id", "name", "source", "content_hash", "n_samples", "created_at"},
-        "samples": {"id", "sample_hash", "payload", "created_at"},
-        "dataset_samples": {"dataset_id", "position", "sample_id"},
-        "sample_features": {"reader_id", "sample_id", "n_tokens", "feature_ids", "max_acts", "pooled", "created_at"},
-        "features": {"id", "reader_id", "feature_id", "created_at"},
-        "llm_calls": {
-            "id", "created_at", "run_id", "purpose", "model", "prompt_hash", "tokens_in", "tokens_out",
-            "latency_s", "outcome", "error",
-        },
-        "llm_cache": {"key", "model", "response", "created_at"},
-        # m002_catalog (the catalog's own tests are in test_catalog.py)
-        "span_collections": {
-            "id", "reader_id", "dataset_id", "top_n", "window", "held_out", "n_random", "delta", "seed",
-            "n_samples", "n_features", "created_at",
-        },
-        "feature_stats": {
-            "id", "reader_id", "dataset_id", "feature_id", "n_samples", "active_count", "frequency", "max_act",
-            "quantiles", "created_at",
-        },
-        "feature_spans": {
-            "id", "reader_id", "dataset_id", "feature_id", "kind", "rank", "sample_id", "activation", "peak_token",
-            "tokens", "acts", "text",
-        },
-        "explanations": {
-            "id", "reader_id", "feature_id", "dataset_id", "text", "words", "explainer_model", "check_label",
-            "check_model", "detection_score", "detection_n", "detection_model", "created_at",
-        },
-        "tasks": {"id", "name", "definition", "criteria", "format", "source", "created_at"},
-        "relevance": {
-            "id", "reader_id", "feature_id", "task_id", "method", "label", "analysis", "score", "model", "created_at",
-        },
-        # m003_runs (the run store's own tests are in test_runs.py)
-        "runs": {
-            "id", "name", "status", "strategy", "task", "reader_id", "config", "feature_set", "n_relevant",
-            "n_seed_covered", "stop_reason", "elapsed_s", "created_at", "updated_at",
-        },
-        "run_features": {
-            "id", "run_id", "feature_id", "status", "attempts", "priority", "best_act", "reason", "covered_by",
-            "updated_at",
-        },
-        "run_candidates": {
-            "id", "run_id", "feature_id", "attempt", "step", "idx", "role", "payload", "label", "text_hash",
-            "prompt_hash", "model", "target_act", "span", "feature_ids", "max_acts", "verdict", "reason", "proposed",
-            "review", "created_at",
-            "reason_code", "checks",  # m004_verdict_reasons
-        },
-        "run_samples": {
-            "id", "run_id", "candidate_id", "feature_id", "text_hash", "activation", "covered", "withdrawn_at",
-            "created_at",
-        },
-        "run_progress": {"id", "run_id", "seq", "llm_calls", "tokens", "covered", "fac", "elapsed_s", "created_at"},
-        "run_directives": {"id", "run_id", "words", "kind", "args", "active", "created_at", "reverted_at"},
-        # m005_workers (the claims' own tests are in test_claims.py)
-        "run_workers": {"id", "run_id", "name", "host", "pid", "started_at", "stopped_at"},
-        "run_claims": {"id", "run_id", "feature_id", "worker", "claimed_at", "released_at", "outcome"},
-    }
-    assert set(insp.get_table_names()) == set(expected)
-    for table, columns in expected.items():
-        assert {c["name"] for c in insp.get_columns(table)} == columns, table
+    assert set(insp.get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
     assert insp.get_pk_constraint("sample_features")["constrained_columns"] == ["reader_id", "sample_id"]
     assert insp.get_pk_constraint("llm_cache")["constrained_columns"] == ["key"]
     unique = {tuple(u["column_names"]) for u in insp.get_unique_constraints("readers")}
@@ -148,51 +105,56 @@ def test_in_memory_schema_has_every_table_and_column() -> None:
     assert tuple(READER_FIELDS) in unique
     assert store.schema_version() == ALL_MIGRATIONS
     with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM _migrations")).scalar_one() == len(ALL_MIGRATIONS)
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [ALL_MIGRATIONS[-1]]
 
 
-ALL_MIGRATIONS = [fn.__name__ for fn in migrations.MIGRATIONS]
+def test_migrations_build_exactly_the_models(store: Store) -> None:
+    """The models are the schema: the migrated database differs from them in nothing that
+    autogenerate compares (tables, columns, types, nullability, keys, indexes)."""
+    assert schema_differences(store.engine) == []
 
-READER_FIELDS = [
-    "model_name", "model_fingerprint", "layer", "sae_name", "sae_hash", "activation_mode", "template_mode",
-]
+
+def test_revision_files_are_alembic_history_in_order() -> None:
+    script = ScriptDirectory(str(migrations.SCRIPT_DIR))
+    assert [r.revision for r in reversed(list(script.walk_revisions()))] == ALL_MIGRATIONS
+    assert script.get_heads() == [ALL_MIGRATIONS[-1]]
 
 
-def test_models_match_migrated_schema(store: Store) -> None:
-    """The ORM classes describe exactly what the migrations built (names and nullability)."""
-    insp = inspect(store.engine)
-    for table in Base.metadata.sorted_tables:
-        db_cols = {c["name"]: c["nullable"] for c in insp.get_columns(table.name)}
-        model_cols = {c.name: c.nullable for c in table.columns}
-        assert db_cols == model_cols, table.name
+def test_opening_an_up_to_date_store_does_not_load_alembic(sqlite_file_url: str) -> None:
+    Store(sqlite_file_url).close()
+    code = f"import sys; from facsynth.db import Store; Store({sqlite_file_url!r}); print('alembic' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "False"
 
 
 def test_reopening_does_not_reapply_migrations(sqlite_file_url: str) -> None:
     first = Store(sqlite_file_url)
-    with first.engine.connect() as conn:
-        applied = conn.execute(text("SELECT name, applied_at FROM _migrations ORDER BY name")).all()
     reader_id = first.reader(*READER)
     first.close()
 
     again = Store(sqlite_file_url)
     assert migrate(again.engine) == []
     with again.engine.connect() as conn:
-        rows = conn.execute(text("SELECT name, applied_at FROM _migrations ORDER BY name")).all()
-    assert [tuple(r) for r in rows] == [tuple(r) for r in applied]
-    assert [r[0] for r in rows] == ALL_MIGRATIONS
+        rows = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    assert rows == [ALL_MIGRATIONS[-1]]
     assert again.reader(*READER) == reader_id  # data survived
     again.close()
 
 
-def test_a_failing_migration_leaves_no_trace(bare_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    def m999_broken(conn) -> None:
-        conn.execute(text("CREATE TABLE half_done (x INTEGER)"))
-        raise RuntimeError("boom")
-
-    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, m999_broken])
+def test_a_failing_migration_leaves_no_trace(
+    bare_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scripts = tmp_path / "alembic"
+    shutil.copytree(migrations.SCRIPT_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    (scripts / "versions" / "m999_broken.py").write_text(
+        f"revision = 'm999_broken'\ndown_revision = {ALL_MIGRATIONS[-1]!r}\n\n"
+        "from alembic import op\n\n\n"
+        "def upgrade():\n    op.execute('CREATE TABLE half_done (x INTEGER)')\n    raise RuntimeError('boom')\n"
+    )
+    monkeypatch.setattr(migrations, "SCRIPT_DIR", scripts)
     with pytest.raises(RuntimeError, match="boom"):
         Store(bare_engine)
-    # one transaction: not even m001's tables nor the _migrations table remain
+    # one transaction: not even m001's tables nor the alembic_version table remain
     assert inspect(bare_engine).get_table_names() == []
 
 
@@ -219,7 +181,7 @@ def test_concurrent_first_opens_migrate_once(fresh_target: str | Engine) -> None
         t.join()
     assert errors == []
     assert all(s.schema_version() == ALL_MIGRATIONS for s in stores)
-    assert _count(stores[0], "_migrations") == len(ALL_MIGRATIONS)
+    assert _count(stores[0], "alembic_version") == 1
     for s in stores:
         s.close()
 
@@ -227,10 +189,7 @@ def test_concurrent_first_opens_migrate_once(fresh_target: str | Engine) -> None
 def test_unknown_migration_is_refused(bare_engine: Engine) -> None:
     Store(bare_engine)
     with bare_engine.begin() as conn:
-        conn.execute(
-            text("INSERT INTO _migrations (name, applied_at) VALUES ('m900_from_the_future', :t)"),
-            {"t": "2030-01-01 00:00:00"},
-        )
+        conn.execute(text("UPDATE alembic_version SET version_num = 'm900_from_the_future'"))
     with pytest.raises(StoreError, match="m900_from_the_future"):
         Store(bare_engine)
 
