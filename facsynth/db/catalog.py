@@ -29,13 +29,13 @@ from facsynth.db.models import (
     LABELS,
     RELEVANCE_METHODS,
     SPAN_KINDS,
-    Dataset,
+    DatasetRow,
     ExplanationRow,
     FeatureSpan,
     FeatureStatsRow,
-    Reader,
+    ReaderRow,
     RelevanceRow,
-    Sample,
+    SampleRow,
     SpanCollection,
     TaskRow,
 )
@@ -174,13 +174,13 @@ class Catalog:
         with self.store.transaction() as session:
             for model in (SpanCollection, ExplanationRow, RelevanceRow):
                 ids.update(session.scalars(select(model.reader_id).distinct()))
-            rows = session.execute(select(Reader).where(Reader.id.in_(sorted(ids))).order_by(Reader.id)).scalars()
+            rows = session.execute(select(ReaderRow).where(ReaderRow.id.in_(sorted(ids))).order_by(ReaderRow.id)).scalars()
             return [(r.id, f"{r.model_name} block {r.layer}, SAE {r.sae_name} ({r.activation_mode})") for r in rows]
 
     def reader_identity(self, reader_id: int) -> dict[str, Any]:
         """The seven identity fields of a reader (what :meth:`Store.reader` takes)."""
         with self.store.transaction() as session:
-            r = session.get(Reader, reader_id)
+            r = session.get(ReaderRow, reader_id)
             if r is None:
                 raise StoreError(f"no reader with id {reader_id} in {self.store.url}")
             return {
@@ -270,8 +270,8 @@ class Catalog:
     def collections(self, reader_id: int, dataset_id: int | None = None) -> list[CollectionInfo]:
         """A reader's span collections, newest first."""
         query = (
-            select(SpanCollection, Dataset.name)
-            .join(Dataset, Dataset.id == SpanCollection.dataset_id)
+            select(SpanCollection, DatasetRow.name)
+            .join(DatasetRow, DatasetRow.id == SpanCollection.dataset_id)
             .where(SpanCollection.reader_id == reader_id)
             .order_by(SpanCollection.created_at.desc(), SpanCollection.id.desc())
         )
@@ -308,8 +308,8 @@ class Catalog:
     ) -> dict[int | None, list[Span]]:
         """Spans by feature (``None`` holds the random ones), each list in rank order."""
         query = (
-            select(FeatureSpan, Sample.sample_hash)
-            .join(Sample, Sample.id == FeatureSpan.sample_id)
+            select(FeatureSpan, SampleRow.sample_hash)
+            .join(SampleRow, SampleRow.id == FeatureSpan.sample_id)
             .where(
                 FeatureSpan.reader_id == reader_id,
                 FeatureSpan.dataset_id == dataset_id,

@@ -117,7 +117,7 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class Reader(Base):
+class ReaderRow(Base):
     """One measurement identity: which model, layer, SAE and reading modes produced a hit.
 
     Two readings are comparable only when all seven fields agree; ``key`` is the sha256
@@ -150,7 +150,7 @@ class Reader(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-class Dataset(Base):
+class DatasetRow(Base):
     """An ordered list of samples, identified by its content (not its name or path)."""
 
     __tablename__ = "datasets"
@@ -165,7 +165,7 @@ class Dataset(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-class Sample(Base):
+class SampleRow(Base):
     """One sample, shared by every dataset that contains it."""
 
     __tablename__ = "samples"

@@ -55,12 +55,12 @@ from facsynth.db.migrations import SQLITE_BEGIN_OPTION, applied_migrations, migr
 from facsynth.db.models import (
     OUTCOMES,
     Base,
-    Dataset,
+    DatasetRow,
     DatasetSample,
     LLMCacheEntry,
     LLMCall,
-    Reader,
-    Sample,
+    ReaderRow,
+    SampleRow,
     SampleFeatureRow,
 )
 from facsynth.errors import StoreError
@@ -356,7 +356,7 @@ class Store:
         """Sample hash -> ``samples.id`` for the registered ones among ``hashes``."""
         ids: dict[str, int] = {}
         for chunk in _chunks(hashes):
-            rows = session.execute(select(Sample.sample_hash, Sample.id).where(Sample.sample_hash.in_(chunk)))
+            rows = session.execute(select(SampleRow.sample_hash, SampleRow.id).where(SampleRow.sample_hash.in_(chunk)))
             ids.update({h: i for h, i in rows})
         return ids
 
@@ -392,8 +392,8 @@ class Store:
             "template_mode": template_mode,
         }
         with self.transaction(write=True) as session:
-            self.insert_ignore(session, Reader, [row], ["key"])
-            return session.execute(select(Reader.id).where(Reader.key == key)).scalar_one()
+            self.insert_ignore(session, ReaderRow, [row], ["key"])
+            return session.execute(select(ReaderRow.id).where(ReaderRow.key == key)).scalar_one()
 
     # ------------------------------------------------------------------ datasets
 
@@ -407,7 +407,7 @@ class Store:
         hashes = [h for h, _ in samples]
         content = dataset_hash(hashes)
         with self.transaction(write=True) as session:
-            existing = session.execute(select(Dataset.id, Dataset.name).where(Dataset.content_hash == content)).first()
+            existing = session.execute(select(DatasetRow.id, DatasetRow.name).where(DatasetRow.content_hash == content)).first()
             if existing is not None:
                 if existing.name != name:
                     log.info("dataset %r has the content of dataset %r (id %d)", name, existing.name, existing.id)
@@ -417,18 +417,18 @@ class Store:
                 payloads.setdefault(sample_hash, payload)
             self.insert_ignore(
                 session,
-                Sample,
+                SampleRow,
                 [{"sample_hash": h, "payload": p} for h, p in payloads.items()],
                 ["sample_hash"],
             )
             ids = self.sample_ids(session, list(payloads))
             self.insert_ignore(
                 session,
-                Dataset,
+                DatasetRow,
                 [{"name": name, "source": source, "content_hash": content, "n_samples": len(hashes)}],
                 ["content_hash"],
             )
-            dataset_id = session.execute(select(Dataset.id).where(Dataset.content_hash == content)).scalar_one()
+            dataset_id = session.execute(select(DatasetRow.id).where(DatasetRow.content_hash == content)).scalar_one()
             self.insert_ignore(
                 session,
                 DatasetSample,
@@ -441,11 +441,11 @@ class Store:
     def dataset_samples(self, dataset_id: int) -> list[tuple[str, dict[str, Any]]]:
         """The ``(sample_hash, payload)`` pairs of a dataset, in order."""
         with self.transaction() as session:
-            if session.get(Dataset, dataset_id) is None:
+            if session.get(DatasetRow, dataset_id) is None:
                 raise StoreError(f"no dataset with id {dataset_id} in {self.url}")
             rows = session.execute(
-                select(Sample.sample_hash, Sample.payload)
-                .join(DatasetSample, DatasetSample.sample_id == Sample.id)
+                select(SampleRow.sample_hash, SampleRow.payload)
+                .join(DatasetSample, DatasetSample.sample_id == SampleRow.id)
                 .where(DatasetSample.dataset_id == dataset_id)
                 .order_by(DatasetSample.position)
             )
@@ -464,14 +464,14 @@ class Store:
             for chunk in _chunks(hashes):
                 rows = session.execute(
                     select(
-                        Sample.sample_hash,
+                        SampleRow.sample_hash,
                         SampleFeatureRow.n_tokens,
                         SampleFeatureRow.feature_ids,
                         SampleFeatureRow.max_acts,
                         SampleFeatureRow.pooled,
                     )
-                    .join(SampleFeatureRow, SampleFeatureRow.sample_id == Sample.id)
-                    .where(SampleFeatureRow.reader_id == reader_id, Sample.sample_hash.in_(chunk))
+                    .join(SampleFeatureRow, SampleFeatureRow.sample_id == SampleRow.id)
+                    .where(SampleFeatureRow.reader_id == reader_id, SampleRow.sample_hash.in_(chunk))
                 )
                 for h, n_tokens, ids, acts, pooled in rows:
                     found[h] = SampleFeatures(
