@@ -119,21 +119,29 @@ def test_a_sigkilled_worker_is_recovered_by_the_others_and_by_a_resume_with_anot
     db = DB(pg_url)
     try:
         victim = held = None
+        shown = False
         deadline = time.monotonic() + 420
         while victim is None:
             assert proc.poll() is None, f"the run ended before a worker could be killed:\n{proc.stdout.read()}"
             assert time.monotonic() < deadline, "no worker held a claim after a sample was accepted in 7 minutes"
+            rows = []
             try:
                 ready = db.one("SELECT count(*) FROM run_samples") and db.one("SELECT count(*) FROM run_workers") == 3
                 if ready:  # a worker holding features, with replies paid: kill it mid-batch
                     rows = db.rows("SELECT w.pid, w.name, c.feature_id FROM run_claims c JOIN run_workers w "
                                    "ON w.name = c.worker AND w.stopped_at IS NULL WHERE c.released_at IS NULL")
-                    if rows:
-                        victim, name = rows[0][0], rows[0][1]
-                        held = {f for p, _, f in rows if p == victim}
             except Exception:  # the tables are not there yet
                 pass
-            if victim is None:
+            if rows and not shown:  # `facsynth status` lists the live workers, one holding claims among them
+                status = facsynth("status", "k3", "--db", pg_url, cwd=tmp_path)
+                assert status.returncode == 0 and "live worker(s)" in status.stdout, status.stderr + status.stdout
+                assert f" {rows[0][1]} " in status.stdout and f" {rows[0][0]} " in status.stdout, status.stdout
+                shown = True
+                continue  # its batch may have moved on meanwhile: pick the victim afresh
+            if rows:
+                victim, name = rows[0][0], rows[0][1]
+                held = {f for p, _, f in rows if p == victim}
+            else:
                 time.sleep(0.3)
         os.kill(victim, signal.SIGKILL)
         out, _ = proc.communicate(timeout=420)

@@ -373,6 +373,7 @@ def status_command(
             return
         _print_report(rep)
         run = runs.get(run_name)
+        _print_workers(store, run.id)
         waiting = runs.pending_review(run.id)
         if waiting:
             console.print(f"{len(waiting)} candidate(s) wait for review: `facsynth chat {run.name}`, then /review")
@@ -384,6 +385,27 @@ def status_command(
             for d in ds:
                 t.add_row(str(d.id), d.kind, json.dumps(d.args), d.words, "yes" if d.active else "undone")
             console.print(t)
+
+
+def _print_workers(store: Any, run_id: int) -> None:
+    """The run's live workers (PostgreSQL), when it has any."""
+    from facsynth.db.claims import live_workers
+    from facsynth.db.models import utcnow
+
+    workers = live_workers(store, run_id)
+    if not workers:
+        return
+    now = utcnow()
+
+    def ago(t: Any) -> str:
+        return "-" if t is None else f"{max(0.0, (now - t).total_seconds()):.0f} s ago"
+
+    t = Table(title=f"{len(workers)} live worker(s)")
+    for col in ("slot", "host", "pid", "started", "claims held", "last claim"):
+        t.add_column(col)
+    for w in workers:
+        t.add_row(w.name, w.host, str(w.pid), f"{w.started_at:%H:%M:%S} ({ago(w.started_at)})", str(w.claims), ago(w.last_claim_at))
+    console.print(t)
 
 
 def runs_command(db: Optional[str] = DB) -> None:
