@@ -119,21 +119,29 @@ def test_a_sigkilled_worker_is_recovered_by_the_others_and_by_a_resume_with_anot
     db = DB(pg_url)
     try:
         victim = held = None
+        shown = False
         deadline = time.monotonic() + 420
         while victim is None:
             assert proc.poll() is None, f"the run ended before a worker could be killed:\n{proc.stdout.read()}"
             assert time.monotonic() < deadline, "no worker held a claim after a sample was accepted in 7 minutes"
+            rows = []
             try:
                 ready = db.one("SELECT count(*) FROM run_samples") and db.one("SELECT count(*) FROM run_workers") == 3
                 if ready:  # a worker holding features, with replies paid: kill it mid-batch
                     rows = db.rows("SELECT w.pid, w.name, c.feature_id FROM run_claims c JOIN run_workers w "
                                    "ON w.name = c.worker AND w.stopped_at IS NULL WHERE c.released_at IS NULL")
-                    if rows:
-                        victim, name = rows[0][0], rows[0][1]
-                        held = {f for p, _, f in rows if p == victim}
             except Exception:  # the tables are not there yet
                 pass
-            if victim is None:
+            if rows and not shown:  # `facsynth status` lists the live workers, one holding claims among them
+                status = facsynth("status", "k3", "--db", pg_url, cwd=tmp_path)
+                assert status.returncode == 0 and "live worker(s)" in status.stdout, status.stderr + status.stdout
+                assert f" {rows[0][1]} " in status.stdout and f" {rows[0][0]} " in status.stdout, status.stdout
+                shown = True
+                continue  # its batch may have moved on meanwhile: pick the victim afresh
+            if rows:
+                victim, name = rows[0][0], rows[0][1]
+                held = {f for p, _, f in rows if p == victim}
+            else:
                 time.sleep(0.3)
         os.kill(victim, signal.SIGKILL)
         out, _ = proc.communicate(timeout=420)
@@ -167,6 +175,40 @@ def test_a_sigkilled_worker_is_recovered_by_the_others_and_by_a_resume_with_anot
         db.engine.dispose()
 
 
+@pytest.mark.postgres
+def test_the_python_api_runs_workers_and_resumes_with_another_number(
+    tmp_path, demo_data, fake_llm, pg_url, subject, default_sae
+) -> None:
+    """``synthesize(workers=2)`` stops on its budget; ``resume(workers=3)`` finishes the run."""
+    import facsynth
+    from facsynth.db import Store
+    from facsynth.tools.reader import Reader
+
+    seed, anchor = demo_data
+    fake_llm.default = _slow(1.0)
+    llm = {"base_url": fake_llm.url, "model": "fake-model", "temperature": 0.8, "max_concurrency": 2}
+    polled: list[str] = []
+    db = DB(pg_url)
+    try:
+        with Store(pg_url) as store:
+            reader = Reader(subject, default_sae, store=store)  # measures here; each worker loads its own
+            first = facsynth.synthesize(seed, task="instruction-following", anchor=anchor, run="api", store=store,
+                                        reader=reader, llm=llm, max_features=8, max_attempts=2, budget={"calls": 6}, quality=False,
+                                        workers=2, on_step=lambda node, s: polled.append(node))
+            assert first.stop_reason.startswith("budget spent"), first.stop_reason
+            assert set(polled) == {"workers"}
+            assert db.one("SELECT count(*) FROM run_workers WHERE stopped_at IS NOT NULL") == 2  # two sessions, both ended
+            _check_invariants(db, "api", budget=6, workers=2)
+            before = db.one("SELECT max(id) FROM run_workers")
+            again = facsynth.resume("api", store=store, budget={"calls": 200}, workers=3)
+        assert again.status == "done" and again.stop_reason.startswith(("nothing left", "target reached")), again.stop_reason
+        assert db.one("SELECT count(*) FROM run_workers WHERE id > :b AND stopped_at IS NOT NULL", b=before) == 3
+        assert db.one("SELECT count(*) FROM run_features WHERE status IN ('pending', 'in_progress')") == 0
+        _check_invariants(db, "api", budget=200, workers=3)
+    finally:
+        db.engine.dispose()
+
+
 def test_workers_on_sqlite_are_one_clear_error(tmp_path, demo_data) -> None:
     seed, anchor = demo_data
     proc = facsynth("run", "--task", "instruction-following", "--seed", str(seed), "--anchor", str(anchor),
@@ -176,3 +218,13 @@ def test_workers_on_sqlite_are_one_clear_error(tmp_path, demo_data) -> None:
     assert not (tmp_path / "store.db").exists() or "nope" not in facsynth("runs", cwd=tmp_path).stdout
     worker = facsynth("worker", "nope", cwd=tmp_path)
     assert "facsynth worker needs a PostgreSQL store" in one_line_error(worker)
+
+
+def test_workers_in_the_python_api_on_sqlite_are_the_same_error_before_any_measuring(tmp_path, demo_data) -> None:
+    import facsynth
+    from facsynth.errors import StoreError
+
+    seed, anchor = demo_data
+    with pytest.raises(StoreError, match=r"--workers 2 needs a PostgreSQL store .* drop --workers"):
+        facsynth.synthesize(seed, task="instruction-following", anchor=anchor, run="nope",
+                            store=f"sqlite:///{tmp_path / 's.db'}", workers=2)

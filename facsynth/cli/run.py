@@ -114,44 +114,30 @@ def _execute(store: Any, run_name: str, cfg: Any, *, reader: Any = None, client:
 
 def _execute_workers(store: Any, run_name: str, cfg: Any, n: int, client: Any) -> Any:
     """``n`` worker processes on the run; this process shows the progress from the store."""
-    from facsynth.db.runs import Runs
-    from facsynth.errors import FacsynthError
     from facsynth.graph.budget import spent
-    from facsynth.graph.runner import open_checkpointer
-    from facsynth.graph.workers import run_workers
+    from facsynth.graph.workers import execute_workers
 
-    with open_checkpointer(store):  # LangGraph's tables exist before the workers start
-        pass
-    runs = Runs(store)
     started = time.monotonic()
-    endpoints = client.urls if cfg.llm.base_url is None else None
-    url = store.engine.url.render_as_string(hide_password=False)
     console.print(f"starting {n} workers on run [bold]{run_name}[/] (add more from anywhere with `facsynth worker {run_name} --db ...`)")
     with ExitStack() as stack:
         if console.is_terminal:
             live = stack.enter_context(Live(console=console, refresh_per_second=2, transient=False))
 
-            def on_poll() -> None:
+            def on_poll(s: Any) -> None:
                 used = spent(store, run_name, 0.0)
-                live.update(_panel(runs.summary(run_name), cfg, started, used.calls, used.tokens))
+                live.update(_panel(s, cfg, started, used.calls, used.tokens))
         else:
             last = [0.0]
 
-            def on_poll() -> None:
+            def on_poll(s: Any) -> None:
                 if time.monotonic() - last[0] > 5:
                     last[0] = time.monotonic()
-                    s, used = runs.summary(run_name), spent(store, run_name, 0.0)
+                    used = spent(store, run_name, 0.0)
                     console.print(f"FAC {s.fac:.1%} (+{s.covered}) | covered {s.by_status['covered']} in progress "
                                   f"{s.by_status['in_progress']} pending {s.by_status['pending']} | accepted {s.samples} | "
                                   f"calls {used.calls}", highlight=False)
 
-        ended = run_workers(url, run_name, n, endpoints=endpoints, on_poll=on_poll)
-    summary = runs.summary(run_name)
-    if ended.failed:
-        if summary.run.status not in ("done", "paused"):
-            raise FacsynthError(f"worker {ended.describe()}; run {run_name} is {summary.run.status}")
-        console.print(f"[yellow]warning:[/] worker {ended.describe()}; the other workers finished the run")
-    return summary
+        return execute_workers(store, run_name, n, client, on_poll=on_poll)
 
 
 def _finish(store: Any, run_name: str, report_dir: Path, target: float) -> None:
@@ -373,6 +359,7 @@ def status_command(
             return
         _print_report(rep)
         run = runs.get(run_name)
+        _print_workers(store, run.id)
         waiting = runs.pending_review(run.id)
         if waiting:
             console.print(f"{len(waiting)} candidate(s) wait for review: `facsynth chat {run.name}`, then /review")
@@ -384,6 +371,27 @@ def status_command(
             for d in ds:
                 t.add_row(str(d.id), d.kind, json.dumps(d.args), d.words, "yes" if d.active else "undone")
             console.print(t)
+
+
+def _print_workers(store: Any, run_id: int) -> None:
+    """The run's live workers (PostgreSQL), when it has any."""
+    from facsynth.db.claims import live_workers
+    from facsynth.db.models import utcnow
+
+    workers = live_workers(store, run_id)
+    if not workers:
+        return
+    now = utcnow()
+
+    def ago(t: Any) -> str:
+        return "-" if t is None else f"{max(0.0, (now - t).total_seconds()):.0f} s ago"
+
+    t = Table(title=f"{len(workers)} live worker(s)")
+    for col in ("slot", "host", "pid", "started", "claims held", "last claim"):
+        t.add_column(col)
+    for w in workers:
+        t.add_row(w.name, w.host, str(w.pid), f"{w.started_at:%H:%M:%S} ({ago(w.started_at)})", str(w.claims), ago(w.last_claim_at))
+    console.print(t)
 
 
 def runs_command(db: Optional[str] = DB) -> None:

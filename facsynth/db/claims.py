@@ -24,9 +24,11 @@ import os
 import socket
 import zlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, text, update
+from sqlalchemy import Connection, func, select, text, update
 
 from facsynth.db.models import RunClaim, RunFeature, RunWorker, utcnow
 from facsynth.db.store import Store
@@ -64,6 +66,48 @@ _LIVE = text(
     "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
     "AND classid::bigint = :key AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
 )
+
+
+@dataclass(frozen=True)
+class LiveWorker:
+    """A worker alive now on a run (its slot's lock is held), as ``facsynth status`` lists it."""
+
+    name: str
+    """``w<slot>``."""
+    host: str
+    pid: int
+    started_at: datetime
+    claims: int
+    """Features it holds an open claim on."""
+    last_claim_at: datetime | None
+    """When it last claimed or released a feature (None: not yet); a worker waiting on a slow
+    LLM call shows an old one while it is perfectly alive (the lock says it is)."""
+
+
+def live_workers(store: Store, run_id: int) -> list[LiveWorker]:
+    """The run's live workers, by slot; empty on a store without workers. Alive means holding
+    the slot's advisory lock, so a SIGKILLed worker drops out of the list at once."""
+    if not supports_workers(store):
+        return []
+    with store.transaction() as session:
+        schema = session.execute(text("SELECT current_schema()")).scalar_one()
+        slots = sorted(int(s) for (s,) in session.execute(_LIVE, {"key": _run_key(str(schema), run_id)}))
+        out: list[LiveWorker] = []
+        for slot in slots:
+            name = f"w{slot}"
+            row = session.scalars(  # the slot's newest session is the one holding it
+                select(RunWorker).where(RunWorker.run_id == run_id, RunWorker.name == name)
+                .order_by(RunWorker.started_at.desc(), RunWorker.id.desc()).limit(1)
+            ).first()
+            if row is None:  # the lock is taken, the row not yet written
+                continue
+            mine = (RunClaim.run_id == run_id, RunClaim.worker == name, RunClaim.claimed_at >= row.started_at)
+            held = session.scalar(select(func.count()).select_from(RunClaim).where(*mine, RunClaim.released_at.is_(None)))
+            last = session.execute(select(func.max(RunClaim.claimed_at), func.max(RunClaim.released_at)).where(*mine)).one()
+            stamps = [t for t in last if t is not None]
+            out.append(LiveWorker(name=name, host=row.host, pid=row.pid, started_at=row.started_at, claims=int(held or 0),
+                                  last_claim_at=max(stamps) if stamps else None))
+        return out
 
 
 class Claims:

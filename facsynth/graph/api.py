@@ -11,6 +11,10 @@
     print(report.fac_before, report.fac_after)
     report = facsynth.resume("demo", budget={"calls": 200})   # after any stop
 
+    # several worker processes on a PostgreSQL store, as `run --workers 4`; resume with any number
+    report = facsynth.synthesize(..., store="postgresql+psycopg://USER@HOST/DB", workers=4)
+    report = facsynth.resume("demo", store="postgresql+psycopg://USER@HOST/DB", workers=2)
+
 Both return the run's :class:`~facsynth.graph.report.CoverageReport`. With no ``client``
 the run's own endpoint is used (``llm={"base_url": ..., "model": ...}``; the embedded
 llama.cpp server when ``base_url`` is None, started and stopped around the run); pass an
@@ -33,6 +37,7 @@ from facsynth.errors import InputError
 from facsynth.graph.config import RunConfig
 from facsynth.graph.report import CoverageReport, coverage_report
 from facsynth.graph.runner import OnStep, execute, prepare_run
+from facsynth.graph.workers import check_workers, execute_workers
 from facsynth.tools.reader import Reader
 
 
@@ -56,20 +61,27 @@ def synthesize(
     reader: Reader | None = None,
     client: LLMClient | None = None,
     on_step: OnStep | None = None,
+    workers: int = 1,
     **options: Any,
 ) -> CoverageReport:
     """Measure ``seed`` against ``anchor`` over ``task``'s features, then synthesize until the
     FAC target or the budget. ``options`` are :class:`RunConfig` fields (``target_fac``,
-    ``budget``, ``strategy``, ``max_attempts``, ``max_features``, ``llm``, ...)."""
+    ``budget``, ``strategy``, ``max_attempts``, ``max_features``, ``llm``, ...).
+
+    ``workers``: worker processes synthesizing at once, as ``facsynth run --workers N``
+    (a PostgreSQL ``store`` only: anything else raises :class:`~facsynth.errors.StoreError`
+    before anything is measured). ``reader`` then serves the measuring here, each worker loads
+    its own model, and ``on_step`` gets ``("workers", summary)`` about once a second."""
     cfg = validated({"task": task, "seed": str(seed), "anchor": None if anchor is None else str(anchor), **options})
     with _store(store) as st, ExitStack() as stack:
+        check_workers(st, cfg, workers)
         opened: list[LLMClient] = []
 
         def start_llm() -> None:  # after the inputs are measured, before the run is stored
             opened.append(stack.enter_context(_client(cfg, st, client)))
 
         record, reader = prepare_run(cfg, run, st, reader, before_create=start_llm)
-        execute(st, record.name, llm=opened[0], reader=reader, on_step=on_step)
+        _execute(st, record.name, opened[0], reader, on_step, workers)
         return coverage_report(st, record.name)
 
 
@@ -100,14 +112,25 @@ def resume(
     on_step: OnStep | None = None,
     target_fac: float | None = None,
     budget: dict[str, Any] | None = None,
+    workers: int = 1,
 ) -> CoverageReport:
     """Continue a stopped run where it stopped (Ctrl-C, SIGKILL, budget spent), optionally
-    with a new target or budget."""
+    with a new target or budget, with any number of ``workers`` (as :func:`synthesize`; a run
+    started with N workers resumes with any number, one included)."""
     with _store(store) as st:
+        check_workers(st, RunConfig.model_validate(Runs(st).get(run).config["config"]), workers)
         cfg = update_run(st, run, target_fac=target_fac, budget=budget)
         with _client(cfg, st, client) as llm:
-            execute(st, run, llm=llm, reader=reader, on_step=on_step)
+            _execute(st, run, llm, reader, on_step, workers)
         return coverage_report(st, run)
+
+
+def _execute(store: Store, run: str, llm: LLMClient, reader: Reader | None, on_step: OnStep | None, workers: int) -> None:
+    if workers == 1:
+        execute(store, run, llm=llm, reader=reader, on_step=on_step)
+        return
+    poll = None if on_step is None else (lambda summary: on_step("workers", summary))
+    execute_workers(store, run, workers, llm, on_poll=poll)
 
 
 @contextmanager

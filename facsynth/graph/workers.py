@@ -28,7 +28,7 @@ from facsynth.agent.llm import LLMClient, open_client
 from facsynth.db.claims import require_workers
 from facsynth.db.runs import Runs, Summary
 from facsynth.db.store import Store
-from facsynth.errors import InputError
+from facsynth.errors import FacsynthError, InputError
 from facsynth.graph.config import RunConfig
 from facsynth.graph.runner import OnStep, execute
 from facsynth.tools.reader import Reader
@@ -69,6 +69,31 @@ def work(store: Store, run_name: str, *, endpoints: Sequence[str] | None = None,
         return execute(store, run_name, llm=client, reader=reader, on_step=on_step)
 
 
+def execute_workers(store: Store, run_name: str, n: int, client: LLMClient, *,
+                    on_poll: Callable[[Summary], Any] | None = None, quiet: bool = True) -> Summary:
+    """``n`` worker processes on a stored run, until they end; the run's summary (the body of
+    ``run --workers N``, ``resume --workers N`` and ``synthesize(..., workers=N)``).
+
+    ``client``: the run's LLM client, opened here; when it runs the embedded server, the workers
+    share that server instead of starting one each. ``on_poll`` gets the run's summary, read
+    from the store, about once a second. Raises :class:`FacsynthError` when a worker failed
+    and the others did not finish the run; a failure the others made up for is logged."""
+    from facsynth.graph.runner import open_checkpointer
+
+    require_workers(store, f"--workers {n}")
+    with open_checkpointer(store):  # LangGraph's tables exist before the workers start
+        pass
+    runs = Runs(store)
+    endpoints = client.urls if client.cfg.base_url is None else None
+    url = store.engine.url.render_as_string(hide_password=False)
+    poll = None if on_poll is None else (lambda: on_poll(runs.summary(run_name)))
+    ended = run_workers(url, run_name, n, endpoints=endpoints, on_poll=poll, quiet=quiet)
+    summary = runs.summary(run_name)
+    if ended.failed:
+        if summary.run.status not in ("done", "paused"):
+            raise FacsynthError(f"worker {ended.describe()}; run {run_name} is {summary.run.status}")
+        log.warning("worker %s; the other workers finished the run", ended.describe())
+    return summary
 
 
 @dataclass

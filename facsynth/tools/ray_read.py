@@ -3,19 +3,25 @@
 ``facsynth measure --ray`` and ``facsynth features collect --ray`` hand a
 :class:`facsynth.tools.reader.Reader` an :class:`EncoderPool`. The reader plans the
 corpus exactly as it reads it alone (chunks of samples, what the store already holds,
-duplicates) and the pool reads each planned chunk in a Ray Data actor pool: one
-subject model and SAE per actor, a GPU per actor where the cluster has GPUs. Actors
-return each sample's :class:`SampleFeatures`; the driver saves them through the same
-``Reader.read`` code as the single-process path, so the store rows are the same.
+duplicates) and the pool reads each planned chunk on a Ray actor: one subject model and
+SAE per actor, a GPU per actor where the cluster has GPUs, a few chunks queued on each.
+Actors return each sample's :class:`SampleFeatures`; the driver saves them through the
+same ``Reader.read`` code as the single-process path, so the store rows are the same.
+
+Why Ray actors and not a Ray Data actor pool: a Ray Data pool lives for one dataset's
+execution, and a command reads several (the data, then the anchor; span collection's
+passes), so each read paid the actors' start and model load again, and its streaming
+executor ran in the driver beside the actors. The chunks are planned by the driver from
+the store anyway; actors kept for the pool's life load the model once.
 
 Why whole chunks and the driver's thread count: on CPU a sample's numbers depend on its
 batch (padding width and the shared template prefix change float rounding) and on the
 number of torch threads (matrix products split their sums by thread). The encoder
-forms its batches within a chunk; every planned chunk is one Ray row, read by one actor
-with the encoder's own batching, and each actor runs as many torch threads as this
-process does (and reserves as many CPUs). So the readings are bit-identical to the
-single-process ones. Fewer threads per actor (more actors) is allowed and faster on a
-small machine, but then the float rounding differs from a single-process read.
+forms its batches within a chunk; every planned chunk is read by one actor with the
+encoder's own batching, and each actor runs as many torch threads as this process does
+(and reserves as many CPUs). So the readings are bit-identical to the single-process
+ones. Fewer threads per actor (more actors) is allowed and faster on a small machine,
+but then the float rounding differs from a single-process read.
 
 :func:`ray_reading` starts a local Ray instance (``address`` None) or connects to a
 cluster (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``), and shuts Ray down afterwards
@@ -29,13 +35,12 @@ import os
 import pickle
 import re
 import socket
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from facsynth.errors import FacsynthError
 from facsynth.records import SampleFeatures
@@ -62,10 +67,9 @@ class RayError(FacsynthError):
 
 
 def import_ray() -> Any:
-    """The ``ray`` module with Ray Data, or a one-line error naming the extra."""
+    """The ``ray`` module, or a one-line error naming the extra."""
     try:
         import ray
-        import ray.data  # noqa: F401 - the extra must bring Ray Data, not only ray core
     except ImportError as exc:
         raise RayError(
             f"--ray needs Ray, which is not installed ({exc}); install the extra: pip install 'facsynth[ray]'"
@@ -181,21 +185,26 @@ class EncoderSpec:
 
 
 class _EncodeActor:
-    """A Ray Data callable class: one encoder per actor, one planned chunk per row."""
+    """A Ray actor: one encoder (the model and SAE load once, when the actor starts), one planned
+    chunk per call, for as long as the pool lives."""
 
     def __init__(self, spec: EncoderSpec, device: str) -> None:
         self.encoder = spec.build(device)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = np.empty(len(batch["chunk"]), dtype=object)
-        for row, blob in enumerate(batch["samples"]):
-            samples: list[Sample] = pickle.loads(blob)
-            # list(): the encoder's own chunking, the same batches as the single-process read
-            out[row] = pickle.dumps(list(self.encoder.encode(samples)), protocol=pickle.HIGHEST_PROTOCOL)
-        return {"chunk": batch["chunk"], "features": out}
+    def ready(self) -> bool:
+        return True
+
+    def encode(self, samples: list[Sample]) -> bytes:
+        # list(): the encoder's own chunking, the same batches as the single-process read. One
+        # pickle, so the driver gets ordinary (writable) arrays and no object-store pins.
+        return pickle.dumps(list(self.encoder.encode(samples)), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 # -- the pool --------------------------------------------------------------------------------------
+
+
+IN_FLIGHT = 2
+"""Chunks queued on each actor: the next one waits there while the driver saves the last."""
 
 
 @dataclass
@@ -206,12 +215,15 @@ class EncoderPool:
     process runs, which keeps the readings bit-identical to a single-process read.
     ``actors`` None: one per GPU where the cluster has GPUs, else as many as the
     cluster's CPUs hold; more CPU actors than that get fewer threads each (and a
-    warning: their float rounding differs). No more actors start than there are chunks.
+    warning: their float rounding differs). Actors start when the first read needs them
+    (no more than it has chunks) and stay for every later read (the seed, then the anchor,
+    then span collection load the model once per actor), until :meth:`close` or Ray's shutdown.
     """
 
     encoder: FeatureEncoder
     actors: int | None = None
     threads: int | None = None
+    _started: list[Any] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         import torch
@@ -237,6 +249,44 @@ class EncoderPool:
             return max(1, cpus // threads), threads, 0
         return self.actors, max(1, min(threads, cpus // self.actors)), 0
 
+    def start(self, n: int | None = None) -> list[Any]:
+        """The pool's actors, at least ``min(n, layout)`` of them (None: the layout's number),
+        started and loaded (their model and SAE read) before this returns."""
+        ray = import_ray()
+        actors, cpus, gpus = self.layout()
+        want = actors if n is None else min(actors, n)
+        if len(self._started) >= want:
+            return self._started
+        threads = cpus if not gpus else self.threads
+        if threads != self.threads:
+            log.warning(
+                "Ray actors run %d torch thread(s), this process %d: readings round differently from a "
+                "single-process read", threads, self.threads,
+            )
+        spec, device = EncoderSpec.of(self.encoder, threads), "cuda" if gpus else "cpu"
+        remote = ray.remote(num_cpus=cpus, num_gpus=gpus)(_EncodeActor)
+        new = [remote.remote(spec, device) for _ in range(want - len(self._started))]
+        log.info("starting %d Ray actor(s) (%g CPU, %g GPU each)", len(new), cpus, gpus)
+        try:
+            ray.get([a.ready.remote() for a in new])
+        except ray.exceptions.RayError as exc:
+            for a in new:
+                ray.kill(a)
+            raise RayError(f"reading on Ray failed: {_root_cause(exc)}") from exc
+        self._started += new
+        return self._started
+
+    def close(self) -> None:
+        """Stop the actors (Ray's shutdown stops them too)."""
+        if not self._started:
+            return
+        import ray
+
+        if ray.is_initialized():
+            for a in self._started:
+                ray.kill(a)
+        self._started = []
+
     def encode_chunks(
         self, chunks: Sequence[list[Sample]], progress: Progress | None = None
     ) -> Iterator[list[SampleFeatures]]:
@@ -244,35 +294,28 @@ class EncoderPool:
         if not chunks:
             return
         ray = import_ray()
-        actors, cpus, gpus = self.layout()
-        actors = min(actors, len(chunks))
-        threads = cpus if not gpus else self.threads
-        if threads != self.threads:
-            log.warning(
-                "Ray actors run %d torch thread(s), this process %d: readings round differently from a "
-                "single-process read", threads, self.threads,
-            )
-        log.info("reading %d chunk(s) on %d Ray actor(s) (%g CPU, %g GPU each)", len(chunks), actors, cpus, gpus)
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False  # the caller's progress callback reports
-        context.print_on_execution_start = False
-        ray_data_log = logging.getLogger("ray.data")  # its notes (e.g. "progress bars disabled") are not ours to show
-        ray_data_log.setLevel(max(logging.ERROR, ray_data_log.getEffectiveLevel()))
-        items = [{"chunk": i, "samples": pickle.dumps(c, protocol=pickle.HIGHEST_PROTOCOL)} for i, c in enumerate(chunks)]
-        ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            _EncodeActor,
-            fn_constructor_kwargs={"spec": EncoderSpec.of(self.encoder, threads), "device": "cuda" if gpus else "cpu"},
-            batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_cpus=cpus,
-            num_gpus=gpus,
-            batch_format="numpy",
-        )
+        actors = self.start(len(chunks))[: len(chunks)]
+        log.info("reading %d chunk(s) on %d Ray actor(s)", len(chunks), len(actors))
+        todo = deque(range(len(chunks)))
+        flying: dict[Any, tuple[int, Any]] = {}
+
+        def send(actor: Any) -> None:
+            i = todo.popleft()
+            flying[actor.encode.remote(chunks[i])] = (i, actor)
+
         ready: dict[int, list[SampleFeatures]] = {}
         nxt = 0
         try:
-            for row in ds.iter_rows():
-                ready[int(row["chunk"])] = pickle.loads(row["features"])
+            for _ in range(IN_FLIGHT):
+                for a in actors:
+                    if todo:
+                        send(a)
+            while flying:
+                done, _ = ray.wait(list(flying), num_returns=1)
+                i, actor = flying.pop(done[0])
+                ready[i] = pickle.loads(ray.get(done[0]))
+                if todo:
+                    send(actor)
                 while nxt in ready:
                     feats = ready.pop(nxt)
                     if progress is not None:
@@ -281,6 +324,9 @@ class EncoderPool:
                     nxt += 1
         except ray.exceptions.RayError as exc:
             raise RayError(f"reading on Ray failed: {_root_cause(exc)}") from exc
+        finally:
+            for ref in flying:  # the caller stopped early (an error, Ctrl-C): drop what is queued
+                ray.cancel(ref)
         if nxt != len(chunks):
             raise RayError(f"Ray returned {nxt} of {len(chunks)} chunks")
 
@@ -321,4 +367,5 @@ def ray_reading(
             yield pool
         finally:
             reader.pool = previous
+            pool.close()
 

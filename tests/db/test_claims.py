@@ -8,6 +8,7 @@ with one clear message.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -18,7 +19,7 @@ import pytest
 from sqlalchemy import select
 
 from facsynth.db import Store
-from facsynth.db.claims import Claims
+from facsynth.db.claims import Claims, live_workers
 from facsynth.db.models import RunClaim, RunWorker, utcnow
 from facsynth.db.runs import Runs
 from facsynth.errors import StoreError
@@ -63,6 +64,9 @@ def test_live_workers_hold_disjoint_slots_and_features(pg_engine) -> None:
         assert b.claim([0, 1, 2, 3, 4, 5], 2) == [2, 3]  # a's are skipped, not waited for
         assert {f.feature for f in runs.features(run_id, ["in_progress"])} == {0, 1, 2, 3}
         assert b.held_by_others() == {0, 1} and a.mine() == {0, 1}
+        listed = live_workers(store, run_id)  # what `facsynth status` shows
+        assert [(w.name, w.pid, w.claims) for w in listed] == [("w0", os.getpid(), 2), ("w1", os.getpid(), 2)]
+        assert all(w.last_claim_at is not None and w.last_claim_at >= w.started_at for w in listed)
         assert not b.reclaim([1, 2])  # all or none: 1 is a's
         assert b.mine() == {2, 3}
         a.release(keep=[1])
@@ -74,8 +78,10 @@ def test_live_workers_hold_disjoint_slots_and_features(pg_engine) -> None:
     with store.transaction() as session:
         workers = list(session.scalars(select(RunWorker).where(RunWorker.run_id == run_id)))
         assert sorted(w.name for w in workers) == ["w0", "w1"] and all(w.stopped_at is not None for w in workers)
+    assert live_workers(store, run_id) == []
     with Claims(store, run_id) as again:
         assert again.name == "w0"  # slots are reused once free
+        assert [(w.name, w.claims, w.last_claim_at) for w in live_workers(store, run_id)] == [("w0", 0, None)]
     store.close()
 
 
@@ -114,7 +120,7 @@ HOLDER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, sys.argv[3])
     from facsynth.db import Store
-    from facsynth.db.claims import Claims
+    from facsynth.db.claims import Claims, live_workers
     store = Store(sys.argv[1])
     w = Claims(store, int(sys.argv[2])).start()
     print(w.name, w.claim([0, 1, 2, 3], 2), flush=True)
