@@ -4,7 +4,8 @@
 :class:`facsynth.tools.reader.Reader` an :class:`EncoderPool`. The reader plans the
 corpus exactly as it reads it alone (chunks of samples, what the store already holds,
 duplicates) and the pool reads each planned chunk on a Ray actor: one subject model and
-SAE per actor, a GPU per actor where the cluster has GPUs, a few chunks queued on each.
+SAE per actor, a GPU per actor where the cluster has GPUs, chunks handed out by Ray's
+``ActorPool``.
 Actors return each sample's :class:`SampleFeatures`; the driver saves them through the
 same ``Reader.read`` code as the single-process path, so the store rows are the same.
 
@@ -35,7 +36,6 @@ import os
 import pickle
 import re
 import socket
-from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -203,10 +203,6 @@ class _EncodeActor:
 # -- the pool --------------------------------------------------------------------------------------
 
 
-IN_FLIGHT = 2
-"""Chunks queued on each actor: the next one waits there while the driver saves the last."""
-
-
 @dataclass
 class EncoderPool:
     """Reads planned chunks on Ray actors built from ``encoder``'s spec; Ray must be initialised.
@@ -290,45 +286,29 @@ class EncoderPool:
     def encode_chunks(
         self, chunks: Sequence[list[Sample]], progress: Progress | None = None
     ) -> Iterator[list[SampleFeatures]]:
-        """One list of :class:`SampleFeatures` per chunk, in chunk order, as soon as each is ready."""
+        """One list of :class:`SampleFeatures` per chunk, in chunk order, as soon as each is ready.
+
+        Ray's :class:`ray.util.ActorPool` hands the chunks to the actors, the next one to an
+        actor as soon as it returns one (it starts on it while the driver saves the last)."""
         if not chunks:
             return
         ray = import_ray()
+        from ray.util import ActorPool
+
         actors = self.start(len(chunks))[: len(chunks)]
         log.info("reading %d chunk(s) on %d Ray actor(s)", len(chunks), len(actors))
-        todo = deque(range(len(chunks)))
-        flying: dict[Any, tuple[int, Any]] = {}
-
-        def send(actor: Any) -> None:
-            i = todo.popleft()
-            flying[actor.encode.remote(chunks[i])] = (i, actor)
-
-        ready: dict[int, list[SampleFeatures]] = {}
-        nxt = 0
+        done = 0
         try:
-            for _ in range(IN_FLIGHT):
-                for a in actors:
-                    if todo:
-                        send(a)
-            while flying:
-                done, _ = ray.wait(list(flying), num_returns=1)
-                i, actor = flying.pop(done[0])
-                ready[i] = pickle.loads(ray.get(done[0]))
-                if todo:
-                    send(actor)
-                while nxt in ready:
-                    feats = ready.pop(nxt)
-                    if progress is not None:
-                        progress(len(feats), sum(sf.n_tokens for sf in feats))
-                    yield feats
-                    nxt += 1
+            for packed in ActorPool(actors).map(lambda actor, chunk: actor.encode.remote(chunk), chunks):
+                feats = pickle.loads(packed)
+                if progress is not None:
+                    progress(len(feats), sum(sf.n_tokens for sf in feats))
+                yield feats
+                done += 1
         except ray.exceptions.RayError as exc:
             raise RayError(f"reading on Ray failed: {_root_cause(exc)}") from exc
-        finally:
-            for ref in flying:  # the caller stopped early (an error, Ctrl-C): drop what is queued
-                ray.cancel(ref)
-        if nxt != len(chunks):
-            raise RayError(f"Ray returned {nxt} of {len(chunks)} chunks")
+        if done != len(chunks):
+            raise RayError(f"Ray returned {done} of {len(chunks)} chunks")
 
 
 def _root_cause(exc: BaseException) -> str:
