@@ -105,7 +105,7 @@ _PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
 _SPACE = re.compile(r"\s+")
 
 META = re.compile(
-    r"\b(marked (?:key )?(?:words?|phrases?)|(?:its|the theme's) key words?|(?:its|the) central theme|snippets?|(?:this|the|a|new|another|similar|same) (?:sample|example)s?|"
+    r"\b(marked (?:key )?(?:words?|phrases?)|(?:its|the theme's) key words?|key words? verbatim|(?:its|the) central theme|the theme as it is|snippets?|(?:this|the|a|new|another|similar|same) (?:sample|example)s?|"
     r"without them|contains? them|same style|reply format|(?:the )?instructions? above|above instructions?|"
     r"my (?:next|previous|last) (?:response|reply|answer)|this formatting)\b",
     re.IGNORECASE,

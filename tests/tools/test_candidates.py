@@ -61,6 +61,7 @@ def test_exact_and_near_copies_are_caught_and_new_text_is_not(encoder) -> None:
         ("Plan a trip to Istanbul for me.", None),
         ("A new sample on the same topic without the marked words.", "talks about the instructions"),
         ("Here is another example that does not use them.", "talks about the instructions"),
+        ("{'use this key words verbatim and use the theme as it is.'}", "talks about the instructions"),
         ("How can I save water in my garden while keeping its central theme, using the marked key words?",
          "talks about the instructions"),
         ("Extract the key words from this paragraph and rank them by importance.", None),
