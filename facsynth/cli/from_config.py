@@ -25,7 +25,7 @@ def field_help(description: str | None) -> str:
     """The first sentence of a field's docstring, without reST markup."""
     if not description:
         return ""
-    text = _RST.sub(lambda m: (m.group(1) or m.group(2)).rsplit(".", 1)[-1] if m.group(1) else m.group(2), description)
+    text = _RST.sub(lambda m: m.group(1).rsplit(".", 1)[-1] if m.group(1) else m.group(2), description)
     text = " ".join(text.split())
     end = re.search(r"(?<=[a-z0-9)])\. (?=[A-Z])", text)
     return text[: end.start() + 1] if end else text
