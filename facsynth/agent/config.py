@@ -9,7 +9,7 @@ the API key, read at call time.
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -20,6 +20,8 @@ DEFAULT_MODEL = paths.BUNDLED_MODEL
 """The model the embedded server serves by default, and the name requests send to it."""
 LOOPBACK = "127.0.0.1"
 StructuredMode = Literal["auto", "json_schema", "json_object", "prompt"]
+RETIRED = frozenset({"backoff_base_s", "backoff_cap_s", "retry_after_cap_s"})
+"""Retry pacing fields of earlier versions; the openai client's policy paces retries now."""
 
 
 def server_module_default() -> str:
@@ -79,13 +81,10 @@ class LLMConfig(BaseModel):
     max_concurrency: int = Field(4, ge=1)
     """Requests in flight at once (per event loop)."""
     max_attempts: int = Field(4, ge=1)
-    """Hard cap on requests per call, the first included (a repair request has its own)."""
-    backoff_base_s: float = Field(0.5, gt=0.0)
-    """First retry waits up to this long; each further retry doubles the bound."""
-    backoff_cap_s: float = Field(30.0, gt=0.0)
-    """Upper bound of one backoff wait."""
-    retry_after_cap_s: float = Field(120.0, ge=0.0)
-    """Longest ``Retry-After`` honoured; a longer one is cut to this."""
+    """Hard cap on requests per call, the first included (a repair request has its own). The
+    openai client's retry policy paces them: timeouts, connection failures, 408/409/429/5xx
+    are retried after 0.5, 1, 2, ... s (at most 8, with jitter), or the ``Retry-After`` the
+    endpoint asks for (up to 2 minutes; a longer one ends the call)."""
     structured_output: StructuredMode = "auto"
     """How schemas reach the endpoint: ``json_schema`` (OpenAI structured outputs, through
     ``with_structured_output``), ``json_object`` (llama.cpp's ``response_format`` with a
@@ -95,10 +94,16 @@ class LLMConfig(BaseModel):
     server: ServerConfig = Field(default_factory=ServerConfig)
     """The embedded server, used when ``base_url`` is None."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, data: Any) -> Any:
+        """Configs stored before retries moved to the openai client name its pacing: drop it."""
+        if isinstance(data, dict) and RETIRED.intersection(data):
+            data = {k: v for k, v in data.items() if k not in RETIRED}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> LLMConfig:
-        if self.backoff_cap_s < self.backoff_base_s:
-            raise ValueError(f"backoff_cap_s ({self.backoff_cap_s}) is below backoff_base_s ({self.backoff_base_s})")
         if self.base_url is not None and urlparse(self.base_url).scheme not in ("http", "https"):
             raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
         if not self.api_key_env.strip():

@@ -5,12 +5,13 @@
   variable that holds the API key (the key is read at call time into a ``SecretStr`` and
   never stored, logged or recorded) and the sampling, timeout, concurrency and retry
   settings.
-* :func:`make_chat_model` turns it into a langchain-openai ``ChatOpenAI`` with
-  langchain's own retries off: :class:`LLMClient` owns retries.
-* :class:`LLMClient` bounds concurrency with an asyncio semaphore; retries timeouts,
-  connection failures, 429 and 5xx with exponential backoff and full jitter, honouring
-  ``Retry-After``, up to ``max_attempts``; records every request in the store (purpose,
-  model, prompt hash, tokens, latency, outcome); serves repeated prompts from the store's
+* :func:`make_chat_model` turns it into a langchain-openai ``ChatOpenAI`` whose openai client
+  retries with its own policy (timeouts, connection failures, 408/409/429/5xx; exponential
+  backoff with jitter, ``Retry-After`` honoured) up to ``max_attempts`` requests per call.
+* :class:`LLMClient` sends every HTTP attempt of that policy through one transport per event
+  loop, which bounds concurrency (a retry waiting out its backoff holds no slot), sends each
+  attempt to the least busy endpoint and records each failed attempt; records every call in
+  the store (purpose, model, prompt hash, tokens, latency, outcome); serves repeated prompts from the store's
   response cache, keyed by (model, messages, parameters, schema); and returns pydantic
   objects for structured calls. A reply that does not parse gets one repair request; if
   that fails too the call is recorded as ``parse_error`` and raises
@@ -23,19 +24,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
+import contextvars
 import hashlib
 import ipaddress
 import json
 import logging
-import random
 import re
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 from urllib.parse import urlparse
 
@@ -88,7 +87,8 @@ def is_loopback(url: str) -> bool:
 def make_chat_model(
     cfg: LLMConfig, *, base_url: str | None = None, http_async_client: httpx.AsyncClient | None = None
 ) -> ChatOpenAI:
-    """A ``ChatOpenAI`` for ``cfg`` (``base_url`` overrides ``cfg.base_url``); langchain retries off.
+    """A ``ChatOpenAI`` for ``cfg`` (``base_url`` overrides ``cfg.base_url``) whose openai client
+    makes up to ``cfg.max_attempts`` requests per call (its own retry policy).
 
     The key comes from ``$cfg.api_key_env``; a loopback endpoint without one gets a
     placeholder (llama.cpp checks none), any other raises :class:`LLMError`. ChatOpenAI
@@ -116,7 +116,7 @@ def make_chat_model(
         temperature=cfg.temperature,
         max_tokens=cfg.max_tokens,
         timeout=cfg.timeout_s,
-        max_retries=0,
+        max_retries=cfg.max_attempts - 1,
         **kwargs,
     )
 
@@ -185,13 +185,14 @@ def request_key(
     return hashlib.sha256(_canonical(payload).encode()).hexdigest()
 
 
-# -- retry policy -------------------------------------------------------------------------------
+# -- failures -----------------------------------------------------------------------------------
 
 _RETRYABLE = (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Timeouts, connection failures, 429 and 5xx are worth another attempt; nothing else is."""
+    """Timeouts, connection failures, 429 and 5xx: what the openai client retried before it
+    gave up (the error then says how many attempts failed, not that the request was refused)."""
     if isinstance(exc, _RETRYABLE):
         return True
     if isinstance(exc, openai.APIStatusError):
@@ -199,41 +200,11 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, (asyncio.TimeoutError, httpx.TimeoutException, httpx.TransportError))
 
 
-def retry_after_s(exc: BaseException, now: datetime | None = None) -> float | None:
-    """The wait an error response asks for (``retry-after-ms``, ``Retry-After`` seconds or HTTP date)."""
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            return max(0.0, float(value) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
-
-
-def backoff_s(attempt: int, cfg: LLMConfig, retry_after: float | None = None, rng: random.Random | None = None) -> float:
-    """Wait before attempt ``attempt + 1`` (``attempt`` >= 1): full jitter, at least ``Retry-After``."""
-    bound = min(cfg.backoff_cap_s, cfg.backoff_base_s * 2 ** (attempt - 1))
-    delay = (rng or random).uniform(0.0, bound)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, cfg.retry_after_cap_s))
-    return delay
+def _rejects_format_body(status: int, body: str) -> bool:
+    """An error response that refuses the ``response_format`` itself (400/422, or llama-cpp-python's 500)."""
+    if status in (400, 422):
+        return "response_format" in body or "json_schema" in body
+    return status >= 500 and "response_format" in body
 
 
 def _rejects_response_format(exc: BaseException) -> bool:
@@ -339,19 +310,131 @@ class LLMStats:
 
 
 @dataclass
+class _Call:
+    """One call's HTTP attempts as the transport sees them (a context variable carries it
+    from :meth:`LLMClient._exchange` into the openai client's retry loop)."""
+
+    purpose: str
+    run_id: str | None
+    prompt_hash: str
+    attempts: int = 0
+    url: str = ""
+    """Endpoint of the last attempt."""
+    latency_s: float = 0.0
+    """Duration of the last attempt."""
+    last_failed: bool = False
+    """The last attempt failed and is recorded (an error response or no response)."""
+
+
+_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("facsynth_llm_call", default=None)
+
+
+@dataclass
 class _Endpoint:
     url: str
-    chat: ChatOpenAI
+    base: httpx.URL
     in_flight: int = 0
+
+
+class _AttemptTransport(httpx.AsyncBaseTransport):
+    """Under the openai client: every HTTP attempt of its retry policy passes here. Each one
+    waits for a concurrency slot (a retry waiting out its backoff holds none), goes to the least
+    busy endpoint (the embedded server's instances answer one request at a time), is cut at
+    1.5x the timeout plus a second whatever the server does, and is recorded when it fails.
+    An endpoint's refusal of ``response_format`` is marked ``x-should-retry: false``: asking
+    again would be refused again, the client steps down to the next structured mode instead."""
+
+    def __init__(self, client: LLMClient, limits: httpx.Limits) -> None:
+        self._client = client
+        self._inner = httpx.AsyncHTTPTransport(limits=limits)
+        self._endpoints = [_Endpoint(url, httpx.URL(url)) for url in client.urls]
+        self._semaphore = asyncio.Semaphore(client.cfg.max_concurrency)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        call = _CALL.get()
+        self._client.stats.http_requests += 1
+        async with self._semaphore:
+            endpoint = min(self._endpoints, key=lambda e: e.in_flight)
+            request = _rebase(request, self._endpoints[0].base, endpoint.base)
+            endpoint.in_flight += 1
+            start = time.perf_counter()
+            try:
+                response = await asyncio.wait_for(self._send(request), timeout=self._client.cfg.timeout_s * 1.5 + 1.0)
+            except (asyncio.TimeoutError, httpx.TimeoutException) as exc:
+                self._failed(call, endpoint, start, f"request timed out after {time.perf_counter() - start:.1f} s")
+                raise httpx.ReadTimeout("request timed out", request=request) from exc
+            except Exception as exc:
+                self._failed(call, endpoint, start, f"{type(exc).__name__}: {exc}")
+                raise
+            finally:
+                endpoint.in_flight -= 1
+        if response.status_code < 400:
+            if call is not None:
+                call.attempts, call.url, call.latency_s, call.last_failed = call.attempts + 1, endpoint.url, time.perf_counter() - start, False
+            return response
+        body = await _body_text(response)
+        self._failed(call, endpoint, start, f"Error code: {response.status_code} - {body}")
+        if _rejects_format_body(response.status_code, body) and b"response_format" in _content(request):
+            response.headers["x-should-retry"] = "false"
+        return response
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """The whole exchange, body included (replies are small), so the timeout covers it."""
+        response = await self._inner.handle_async_request(request)
+        try:
+            raw = b"".join([chunk async for chunk in response.aiter_raw()])
+        finally:
+            await response.aclose()
+        return httpx.Response(response.status_code, headers=response.headers, stream=httpx.ByteStream(raw),
+                              extensions=response.extensions, request=request)
+
+    def _failed(self, call: _Call | None, endpoint: _Endpoint, start: float, error: str) -> None:
+        latency = time.perf_counter() - start
+        if call is None:
+            return
+        call.attempts, call.url, call.latency_s, call.last_failed = call.attempts + 1, endpoint.url, latency, True
+        error = self._client._redact(_short_error(Exception(error)))
+        log.info("LLM %s: attempt %d of %d failed: %s", call.purpose, call.attempts, self._client.cfg.max_attempts, error[:200])
+        self._client._write(call.purpose, call.prompt_hash, 0, 0, latency, "error", error=error, run_id=call.run_id)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _rebase(request: httpx.Request, primary: httpx.URL, target: httpx.URL) -> httpx.Request:
+    """``request`` (built for the first endpoint) sent to ``target`` instead."""
+    if target == primary:
+        return request
+    path = request.url.raw_path
+    prefix = primary.raw_path.rstrip(b"/")
+    if path.startswith(prefix):
+        path = target.raw_path.rstrip(b"/") + path[len(prefix):]
+    url = request.url.copy_with(scheme=target.scheme, host=target.host, port=target.port, raw_path=path)
+    headers = httpx.Headers(request.headers)
+    headers["host"] = url.netloc.decode("ascii")
+    return httpx.Request(request.method, url, headers=headers, content=_content(request), extensions=request.extensions)
+
+
+def _content(request: httpx.Request) -> bytes:
+    try:
+        return request.content
+    except httpx.RequestNotRead:
+        return b""
+
+
+async def _body_text(response: httpx.Response) -> str:
+    probe = httpx.Response(response.status_code, headers=response.headers, stream=response.stream)
+    await probe.aread()
+    return probe.text
 
 
 @dataclass
 class _LoopState:
-    """Everything bound to one event loop: httpx pools and asyncio primitives are loop-bound."""
+    """What is bound to one event loop (httpx pools and asyncio primitives are): a run's
+    loop keeps one for the whole run; :meth:`LLMClient.invoke` makes one per call."""
 
     http: httpx.AsyncClient
-    endpoints: list[_Endpoint]
-    semaphore: asyncio.Semaphore
+    chat: ChatOpenAI
     key_locks: dict[str, tuple[asyncio.Lock, int]] = field(default_factory=dict)
 
     @asynccontextmanager
@@ -384,7 +467,7 @@ class LLMClient:
     """Every LLM call of facsynth: bounded, retried, recorded, cached, parsed.
 
     ``endpoints`` (base URLs) overrides ``cfg.base_url``; with several (the embedded
-    server's instances) each request goes to the least busy. ``llama_cpp`` marks the
+    server's instances) each HTTP attempt goes to the least busy. ``llama_cpp`` marks the
     endpoints as llama.cpp servers (``auto`` structured mode then uses ``json_object``).
     """
 
@@ -395,7 +478,6 @@ class LLMClient:
         store: LLMStore | None = None,
         endpoints: Sequence[str] | None = None,
         llama_cpp: bool = False,
-        rng: random.Random | None = None,
     ) -> None:
         urls = list(endpoints) if endpoints else ([cfg.base_url] if cfg.base_url else [])
         if not urls:
@@ -404,7 +486,6 @@ class LLMClient:
         self.store = store
         self.urls = urls
         self.stats = LLMStats()
-        self._rng = rng or random.Random()
         if cfg.structured_output != "auto":
             self._mode: StructuredMode = cfg.structured_output
         else:
@@ -516,7 +597,7 @@ class LLMClient:
         return self.stats.as_dict()
 
     async def aclose(self) -> None:
-        """Close the HTTP connections of the current event loop."""
+        """Close the HTTP connections of the current event loop (a run's ends with the run)."""
         state = self._states.pop(asyncio.get_running_loop(), None)
         if state is not None:
             await state.http.aclose()
@@ -527,14 +608,9 @@ class LLMClient:
         loop = asyncio.get_running_loop()
         state = self._states.get(loop)
         if state is None:
-
-            async def count(request: httpx.Request) -> None:
-                self.stats.http_requests += 1
-
             limits = httpx.Limits(max_connections=self.cfg.max_concurrency * 2, max_keepalive_connections=self.cfg.max_concurrency * 2)
-            http = httpx.AsyncClient(timeout=self.cfg.timeout_s, limits=limits, event_hooks={"request": [count]})
-            endpoints = [_Endpoint(url, make_chat_model(self.cfg, base_url=url, http_async_client=http)) for url in self.urls]
-            state = _LoopState(http, endpoints, asyncio.Semaphore(self.cfg.max_concurrency))
+            http = httpx.AsyncClient(timeout=self.cfg.timeout_s, transport=_AttemptTransport(self, limits))
+            state = _LoopState(http, make_chat_model(self.cfg, base_url=self.urls[0], http_async_client=http))
             self._states[loop] = state
         return state
 
@@ -583,48 +659,37 @@ class LLMClient:
         run_id: str | None,
         prompt_hash: str,
     ) -> _Reply:
-        """One request with retries: the reply, or LLMError after the last attempt. Records failures."""
-        attempt = 0
-        while True:
-            attempt += 1
-            async with state.semaphore:
-                endpoint = min(state.endpoints, key=lambda e: e.in_flight)
-                runnable = self._runnable(self._seeded(endpoint.chat, prompt_hash), mode, schema)
-                endpoint.in_flight += 1
-                start = time.perf_counter()
-                try:
-                    result = await asyncio.wait_for(runnable.ainvoke(messages), timeout=self.cfg.timeout_s * 1.5 + 1.0)
-                except ValidationError as exc:  # openai's own parse of a json_schema reply failed
-                    latency = time.perf_counter() - start
-                    message = _message_from_response(getattr(exc, "response", None))
-                    if message is None:
-                        raise _UnparsedReply(exc, latency) from exc
-                    return _Reply(message, latency, *_tokens(message))
-                except openai.LengthFinishReasonError as exc:  # cut at max_tokens: a reply that does not parse
-                    raise _UnparsedReply(exc, time.perf_counter() - start) from exc
-                except Exception as exc:
-                    latency = time.perf_counter() - start
-                    self._write(purpose, prompt_hash, 0, 0, latency, "error", error=_short_error(exc), run_id=run_id)
-                    if mode != "plain" and _rejects_response_format(exc):
-                        raise _FormatRejected(exc) from exc
-                    if not is_retryable(exc):
-                        raise self._fatal(exc, endpoint.url, attempt) from exc
-                    if attempt >= self.cfg.max_attempts:
-                        raise self._exhausted(exc, endpoint.url, attempt) from exc
-                    delay = backoff_s(attempt, self.cfg, retry_after_s(exc), self._rng)
-                    log.info("LLM %s: %s; attempt %d/%d in %.2f s", purpose, type(exc).__name__,
-                             attempt + 1, self.cfg.max_attempts, delay)
-                else:
-                    latency = time.perf_counter() - start
-                    if isinstance(result, dict):  # with_structured_output(include_raw=True)
-                        message, parsed = result["raw"], result.get("parsed")
-                    else:
-                        message, parsed = result, None
-                    tokens_in, tokens_out = _tokens(message)
-                    return _Reply(message, latency, tokens_in, tokens_out, parsed if isinstance(parsed, BaseModel) else None)
-                finally:
-                    endpoint.in_flight -= 1
-            await asyncio.sleep(delay)  # outside the semaphore: a waiting retry holds no slot
+        """One request, retried by the openai client: the reply, or LLMError once it gives up.
+        The transport records each failed attempt."""
+        call = _Call(purpose, run_id, prompt_hash)
+        token = _CALL.set(call)
+        runnable = self._runnable(self._seeded(state.chat, prompt_hash), mode, schema)
+        try:
+            result = await runnable.ainvoke(messages)
+        except ValidationError as exc:  # openai's own parse of a json_schema reply failed
+            message = _message_from_response(getattr(exc, "response", None))
+            if message is None:
+                raise _UnparsedReply(exc, call.latency_s) from exc
+            return _Reply(message, call.latency_s, *_tokens(message))
+        except openai.LengthFinishReasonError as exc:  # cut at max_tokens: a reply that does not parse
+            raise _UnparsedReply(exc, call.latency_s) from exc
+        except Exception as exc:
+            if not call.last_failed:  # failed after the last HTTP exchange succeeded, or before any
+                self._write(purpose, prompt_hash, 0, 0, call.latency_s, "error", error=_short_error(exc), run_id=run_id)
+            if mode != "plain" and _rejects_response_format(exc):
+                raise _FormatRejected(exc) from exc
+            url = call.url or self.urls[0]
+            if call.attempts and is_retryable(exc):
+                raise self._exhausted(exc, url, call.attempts) from exc
+            raise self._fatal(exc, url, call.attempts) from exc
+        finally:
+            _CALL.reset(token)
+        if isinstance(result, dict):  # with_structured_output(include_raw=True)
+            message, parsed = result["raw"], result.get("parsed")
+        else:
+            message, parsed = result, None
+        tokens_in, tokens_out = _tokens(message)
+        return _Reply(message, call.latency_s, tokens_in, tokens_out, parsed if isinstance(parsed, BaseModel) else None)
 
     async def _structured(
         self, state: _LoopState, messages: list[BaseMessage], schema: type[T], key: str, *, purpose: str, run_id: str | None

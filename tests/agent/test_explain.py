@@ -158,7 +158,7 @@ def test_explain_check_detect_and_judge_on_the_real_server(llama_server: Embedde
 def test_unparseable_reply_fails_only_that_feature(fake_llm: FakeOpenAI, store: Any) -> None:
     catalog, rid, did = build_catalog(store)
     cfg = LLMConfig(base_url=fake_llm.url, model="scripted-model", structured_output="prompt", max_concurrency=1,
-                    backoff_base_s=0.01, backoff_cap_s=0.05, timeout_s=5.0)
+                    timeout_s=5.0)
     client = LLMClient(cfg, store=store)
     fake_llm.queue(  # one request at a time, first come first served: 12's repair queues behind 13
         Reply(content='{"explanation": "cooking steps"}'),         # feature 11

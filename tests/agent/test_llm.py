@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-from datetime import datetime, timedelta, timezone
-from email.utils import format_datetime
 from typing import Any
 
 import httpx
@@ -26,11 +23,9 @@ from facsynth.agent.llm import (
     LLMClient,
     LLMConfig,
     ReplyParseError,
-    backoff_s,
     is_retryable,
     make_chat_model,
     request_key,
-    retry_after_s,
     to_messages,
 )
 from facsynth.agent.server import EmbeddedServer, free_port
@@ -45,8 +40,8 @@ class Animal(BaseModel):
 
 
 def fast(url: str, **overrides: Any) -> LLMConfig:
-    """A config for the fake endpoint: short waits so retries take milliseconds."""
-    settings: dict[str, Any] = {"base_url": url, "backoff_base_s": 0.01, "backoff_cap_s": 0.05, "timeout_s": 2.0}
+    """A config for the fake endpoint: a short timeout."""
+    settings: dict[str, Any] = {"base_url": url, "timeout_s": 2.0}
     settings.update(overrides)
     return LLMConfig(**settings)
 
@@ -124,16 +119,53 @@ def test_endpoint_without_json_schema_steps_down(llama_server: EmbeddedServer, s
     assert client.stats.http_requests == 2
 
 
-# -- retries and backoff (scripted endpoint) ----------------------------------------------------
+# -- retries: the openai client's policy, every attempt recorded (scripted endpoint) -----------
 
 
 def test_429_waits_for_retry_after(fake_llm: FakeOpenAI, store: Any) -> None:
-    fake_llm.queue(Reply(429, headers={"Retry-After": "1"}), Reply(content="fine"))
+    fake_llm.queue(Reply(429, headers={"Retry-After": "2"}), Reply(content="fine"))
     client = LLMClient(fast(fake_llm.url), store=store)
     assert client.invoke("hi", purpose="retry") == "fine"
     first, second = fake_llm.requests
-    assert 0.95 <= second.at - first.at < 3.0  # the jittered backoff alone would be < 0.05 s
+    assert 1.95 <= second.at - first.at < 4.0  # the client's first backoff alone is at most 0.5 s
     assert store.llm_totals()["by_outcome"] == {"ok": 1, "error": 1, "parse_error": 0, "cached": 0}
+    (error,) = [r for r in rows(store) if r["outcome"] == "error"]
+    assert "429" in error["error"] and error["purpose"] == "retry"
+
+
+def test_retries_back_off_exponentially(fake_llm: FakeOpenAI, store: Any) -> None:
+    """The openai client's pacing: 0.5 s, then 1 s, each less up to 25% jitter."""
+    fake_llm.queue(Reply(500), Reply(502), Reply(content="third time"))
+    client = LLMClient(fast(fake_llm.url, max_attempts=3), store=store)
+    assert client.invoke("hi", purpose="pace") == "third time"
+    at = [r.at for r in fake_llm.requests]
+    assert 0.35 <= at[1] - at[0] < 1.5 and 0.7 <= at[2] - at[1] < 2.5
+    assert [r["outcome"] for r in rows(store)] == ["error", "error", "ok"]
+
+
+def test_a_retry_waiting_out_its_backoff_holds_no_slot(fake_llm: FakeOpenAI) -> None:
+    """One slot: a call told to come back in 2 s lets another call through meanwhile."""
+    fake_llm.queue(Reply(429, headers={"Retry-After": "2"}), Reply(content="second"), Reply(content="first"))
+    client = LLMClient(fast(fake_llm.url, max_concurrency=1))
+
+    async def run() -> list[str]:
+        first = asyncio.ensure_future(client.ainvoke("first", purpose="slot"))
+        await asyncio.sleep(0.3)
+        second = await client.ainvoke("second", purpose="slot")
+        return [await first, second]
+
+    assert asyncio.run(run()) == ["first", "second"]
+    assert [r.body["messages"][0]["content"] for r in fake_llm.requests] == ["first", "second", "first"]
+
+
+def test_a_retry_after_beyond_two_minutes_ends_the_call(fake_llm: FakeOpenAI, store: Any) -> None:
+    fake_llm.queue(Reply(429, headers={"Retry-After": "600"}))
+    client = LLMClient(fast(fake_llm.url), store=store)
+    start = time.monotonic()
+    with pytest.raises(LLMError, match=r"kept failing \(429\) after 1 attempts"):
+        client.invoke("hi", purpose="late")
+    assert time.monotonic() - start < 5.0 and len(fake_llm.requests) == 1
+    assert store.llm_totals()["by_outcome"]["error"] == 1
 
 
 def test_500_and_timeout_are_retried(fake_llm: FakeOpenAI, store: Any) -> None:
@@ -141,7 +173,7 @@ def test_500_and_timeout_are_retried(fake_llm: FakeOpenAI, store: Any) -> None:
     client = LLMClient(fast(fake_llm.url, timeout_s=0.5, max_attempts=4), store=store)
     start = time.monotonic()
     assert client.invoke("hi", purpose="retry") == "at last"
-    assert time.monotonic() - start < 2.5  # the slow reply was abandoned at the timeout
+    assert time.monotonic() - start < 5.5  # the slow reply was abandoned at the timeout (backoffs: at most 3.5 s)
     assert len(fake_llm.requests) == 4
     errors = [r["error"] for r in rows(store) if r["outcome"] == "error"]
     assert len(errors) == 3 and any("timed out" in e.lower() for e in errors)
@@ -326,8 +358,6 @@ def test_cli_reports_totals(fake_llm: FakeOpenAI, store: Any) -> None:
 
 
 def test_config_rejects_impossible_settings() -> None:
-    with pytest.raises(ValidationError, match="backoff_cap_s"):
-        LLMConfig(backoff_base_s=2.0, backoff_cap_s=1.0)
     with pytest.raises(ValidationError, match="http"):
         LLMConfig(base_url="ftp://example.com")
     with pytest.raises(ValidationError):
@@ -336,15 +366,14 @@ def test_config_rejects_impossible_settings() -> None:
         LLMConfig(structured_output="xml")  # type: ignore[arg-type]
 
 
-def test_backoff_is_full_jitter_capped_and_respects_retry_after() -> None:
-    cfg = LLMConfig(backoff_base_s=0.5, backoff_cap_s=4.0, retry_after_cap_s=10.0)
-    rng = random.Random(0)
-    for attempt, bound in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (9, 4.0)]:
-        delays = [backoff_s(attempt, cfg, None, rng) for _ in range(200)]
-        assert 0.0 <= min(delays) and max(delays) <= bound
-        assert max(delays) > bound * 0.8  # spread over the whole range
-    assert backoff_s(1, cfg, 3.0, rng) >= 3.0
-    assert backoff_s(1, cfg, 60.0, rng) == 10.0  # Retry-After is capped
+def test_a_config_stored_with_the_retired_retry_pacing_still_loads() -> None:
+    """Runs stored before retries moved to the openai client name backoff settings."""
+    old = {"base_url": "http://127.0.0.1:1/v1", "max_attempts": 3, "backoff_base_s": 0.5, "backoff_cap_s": 30.0,
+           "retry_after_cap_s": 120.0}
+    cfg = LLMConfig.model_validate(old)
+    assert cfg.max_attempts == 3 and "backoff_base_s" not in cfg.model_dump()
+    with pytest.raises(ValidationError, match="backoff_typo"):
+        LLMConfig.model_validate({"backoff_typo": 1})
 
 
 def _status_error(status: int, headers: dict[str, str]) -> Exception:
@@ -353,16 +382,6 @@ def _status_error(status: int, headers: dict[str, str]) -> Exception:
     request = httpx.Request("POST", "http://x/v1/chat/completions")
     response = httpx.Response(status, headers=headers, request=request)
     return openai.APIStatusError("x", response=response, body=None)
-
-
-def test_retry_after_forms() -> None:
-    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
-    assert retry_after_s(_status_error(429, {"Retry-After": "7"})) == 7.0
-    assert retry_after_s(_status_error(429, {"retry-after-ms": "250"})) == 0.25
-    date = format_datetime(now + timedelta(seconds=30), usegmt=True)
-    assert retry_after_s(_status_error(503, {"Retry-After": date}), now=now) == pytest.approx(30.0)
-    assert retry_after_s(_status_error(503, {"Retry-After": "soon"})) is None
-    assert retry_after_s(_status_error(503, {})) is None
 
 
 def test_what_is_retried() -> None:
