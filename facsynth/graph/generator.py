@@ -3,7 +3,8 @@
 For each feature of the batch it reads what the store knows (explanation, anchor spans,
 earlier candidates with their activations and verdicts, the user's style directives),
 renders the step-1 or step-2 prompt (:mod:`facsynth.graph.prompts`), and asks for a
-structured reply. The calls of a batch run concurrently (bounded by the LLM client).
+structured reply. The calls of a batch run concurrently on the run's event loop and its one LLM client
+(bounded by the client).
 The candidates are stored with the attempt they belong to; an attempt whose candidates
 are stored but not verified yet (a stop came between) is not generated again, and a
 prompt answered before is served from the client's cache, so a resumed run never pays
@@ -133,13 +134,10 @@ async def _call_all(llm: LLMClient, jobs: list[_Job], run: str) -> list[BaseMode
             log.info("feature %d attempt %d: reply did not parse: %s", job.feature, job.attempt, exc)
             return None
 
-    try:
-        return list(await asyncio.gather(*(one(j) for j in jobs)))
-    finally:
-        await llm.aclose()
+    return list(await asyncio.gather(*(one(j) for j in jobs)))
 
 
-def generator(state: SynthState, runtime: Runtime[RunContext]) -> SynthState:
+async def generator(state: SynthState, runtime: Runtime[RunContext]) -> SynthState:
     res = resources(runtime.context)
     if res.llm is None:
         raise LLMError("this run has no LLM client")
@@ -156,7 +154,7 @@ def generator(state: SynthState, runtime: Runtime[RunContext]) -> SynthState:
         attempt = fs.attempts + 1
         req = build_request(res, cfg, feature, attempt, steer.style)
         jobs.append(_Job(feature, attempt, req.step, render(req), reply_model(cfg.strategy, res.task)))
-    replies = asyncio.run(_call_all(res.llm, jobs, run.name)) if jobs else []
+    replies = await _call_all(res.llm, jobs, run.name) if jobs else []
     for job, reply in zip(jobs, replies):
         key = request_key(res.llm.cfg, to_messages(job.messages), job.schema, job.attempt)
         cands = []

@@ -23,8 +23,8 @@ feature sent back to the queue, or the features of a worker that died).
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import time
 
 from langgraph.runtime import Runtime
 
@@ -62,7 +62,7 @@ WAIT_POLL_S = 0.5
 """How often a worker with nothing to claim looks again while other workers hold features."""
 
 
-def planner(state: SynthState, runtime: Runtime[RunContext]) -> SynthState:
+async def planner(state: SynthState, runtime: Runtime[RunContext]) -> SynthState:
     res = resources(runtime.context)
     runs = Runs(res.store)
     claims = res.claims
@@ -111,7 +111,7 @@ def planner(state: SynthState, runtime: Runtime[RunContext]) -> SynthState:
             log.debug("planner picked %s", pick)
             return {"batch": pick, "stop_reason": None, "loop_step": state.get("loop_step", 0) + 1}
         if claims is not None and (claims.contended or claims.held_by_others()):
-            time.sleep(WAIT_POLL_S)  # other workers hold the rest: a rejected feature or a dead worker's may come free
+            await asyncio.sleep(WAIT_POLL_S)  # other workers hold the rest: a rejected feature or a dead worker's may come free
             continue
         s = runs.summary(run.id)
         held = sum(1 for f in features if f.status == "excluded" and f.reason == HELD_BACK)

@@ -3,8 +3,9 @@
 :func:`prepare_run` measures the seed and the anchor, chooses the feature set F (the
 task's relevant features in the store, active on the anchor; else every feature active
 on the anchor), stores the run with its missing features and their priorities.
-:func:`execute` streams the graph under a checkpointer (SQLite file or PostgreSQL,
-whichever the store is) with the run's name as thread id, so a stopped run, even one
+:func:`aexecute` streams the graph (async nodes on one event loop, sharing the run's one
+LLM client; :func:`execute` is its blocking form) under LangGraph's async checkpointer
+(SQLite file or PostgreSQL, whichever the store is) with the run's name as thread id, so a stopped run, even one
 killed with SIGKILL, continues where its last step ended: everything a step produced is
 in the store before the step's checkpoint is written, and a step that runs again finds
 its stored work (candidates, verdicts, LLM replies) instead of redoing it.
@@ -12,12 +13,11 @@ its stored work (candidates, verdicts, LLM replies) instead of redoing it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
-import sqlite3
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -165,44 +165,53 @@ def checkpoint_path(store: Store) -> Path | None:
 _PG_SAVER_LOCK = 0x66616374  # serializes LangGraph's Postgres saver set-up across workers
 
 
-@contextmanager
-def open_checkpointer(store: Store) -> Iterator[Any]:
-    """langgraph-checkpoint-sqlite beside a SQLite store, the Postgres saver for PostgreSQL."""
+@asynccontextmanager
+async def open_checkpointer(store: Store) -> AsyncIterator[Any]:
+    """LangGraph's async saver beside a SQLite store (a ``.checkpoints`` file), the async
+    Postgres saver in a PostgreSQL store; its tables are set up on the way in."""
     dialect = store.engine.dialect.name
     if dialect == "sqlite":
-        from langgraph.checkpoint.sqlite import SqliteSaver
+        import aiosqlite
+        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
         path = checkpoint_path(store)
-        conn = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, timeout=30)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            saver = SqliteSaver(conn)
-            saver.setup()
+        async with aiosqlite.connect(str(path) if path else ":memory:", timeout=30) as conn:
+            await conn.execute("PRAGMA journal_mode=WAL")
+            saver = AsyncSqliteSaver(conn)
+            await saver.setup()
             yield saver
-        finally:
-            conn.close()
     elif dialect == "postgresql":
         try:
-            from langgraph.checkpoint.postgres import PostgresSaver
+            from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
         except ImportError as exc:
             raise StoreError("PostgreSQL runs need `pip install 'facsynth[postgres]'` (langgraph-checkpoint-postgres)") from exc
         conninfo = store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        with PostgresSaver.from_conn_string(conninfo) as saver:
+        async with AsyncPostgresSaver.from_conn_string(conninfo) as saver:
             with store.engine.connect() as conn:  # workers starting at once: one creates the tables, the rest wait
                 # with no transaction open while waiting: the set-up's CREATE INDEX CONCURRENTLY waits for every
                 # open transaction of the database, so a waiter blocked inside one would never be let in
                 while not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _PG_SAVER_LOCK}).scalar_one():
                     conn.commit()
-                    time.sleep(0.2)
+                    await asyncio.sleep(0.2)
                 conn.commit()  # the session keeps the lock
                 try:
-                    saver.setup()
+                    await saver.setup()
                 finally:
                     conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_SAVER_LOCK})
                     conn.commit()
             yield saver
     else:
         raise StoreError(f"runs need a SQLite or PostgreSQL store to checkpoint; {dialect} has no LangGraph saver")
+
+
+def setup_checkpoints(store: Store) -> None:
+    """Create LangGraph's checkpoint tables now (before several workers start at once)."""
+
+    async def once() -> None:
+        async with open_checkpointer(store):
+            pass
+
+    asyncio.run(once())
 
 
 # --------------------------------------------------------------------------- executing
@@ -216,7 +225,19 @@ REVIEW_POLL_S = 1.0
 def execute(store: Store, run_name: str, *, llm: LLMClient, reader: Reader | None = None,
             on_step: OnStep | None = None, checkpointer: Any = None, on_review: OnReview | None = None,
             wait_review: bool = True) -> Summary:
+    """Run (or continue) the graph of ``run_name`` until the planner stops it: :func:`aexecute`
+    on an event loop of its own (call that from code that already runs one)."""
+    return asyncio.run(aexecute(store, run_name, llm=llm, reader=reader, on_step=on_step, checkpointer=checkpointer,
+                                on_review=on_review, wait_review=wait_review))
+
+
+async def aexecute(store: Store, run_name: str, *, llm: LLMClient, reader: Reader | None = None,
+                   on_step: OnStep | None = None, checkpointer: Any = None, on_review: OnReview | None = None,
+                   wait_review: bool = True) -> Summary:
     """Run (or continue) the graph of ``run_name`` until the planner stops it.
+
+    The graph's nodes are coroutines on the caller's event loop and share ``llm``: one HTTP
+    connection pool for the whole run, closed when the run ends.
 
     Sets the run's status: ``running`` while it executes, ``reviewing`` while a batch waits
     for the user's decisions (review mode: ``on_review`` gets the candidates; with
@@ -245,9 +266,9 @@ def execute(store: Store, run_name: str, *, llm: LLMClient, reader: Reader | Non
     config = {"configurable": {"thread_id": thread}, "recursion_limit": 1_000_000}
     fresh = {"run": run.name, "batch": [], "loop_step": 0, "stop_reason": None}
     try:
-        with (open_checkpointer(store) if checkpointer is None else _given(checkpointer)) as saver:
+        async with (open_checkpointer(store) if checkpointer is None else _given(checkpointer)) as saver:
             graph = build_graph(saver)
-            snapshot = graph.get_state(config)
+            snapshot = await graph.aget_state(config)
             inp: Any = None if snapshot.next else fresh
             if snapshot.next and claims is not None and not claims.reclaim(snapshot.values.get("batch") or []):
                 if snapshot.interrupts:
@@ -263,21 +284,22 @@ def execute(store: Store, run_name: str, *, llm: LLMClient, reader: Reader | Non
                                         elapsed_s=res.elapsed_s())
                         if on_review is not None:
                             on_review(waiting)
-                        if not _review_done(runs, run.id, wait_review):
+                        if not await _review_done(runs, run.id, wait_review):
                             return runs.summary(run.id)
                         inp = Command(resume=True)
                     runs.set_status(run.id, "running")
-                    for update in graph.stream(inp, config, context=ctx, stream_mode="updates"):
+                    async for update in graph.astream(inp, config, context=ctx, stream_mode="updates"):
                         for node, values in update.items():
                             if node == "planner" and values and values.get("stop_reason"):
                                 reason = values["stop_reason"]
                             if on_step is not None and not node.startswith("__"):
                                 on_step(node, runs.summary(run.id))
-                    snapshot = graph.get_state(config)
+                    snapshot = await graph.aget_state(config)
                     if not snapshot.interrupts:
                         break
             except BaseException as exc:
-                why = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else f"stopped by an error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                ctrl_c = isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError))  # asyncio.run cancels on Ctrl-C
+                why = "interrupted (Ctrl-C)" if ctrl_c else f"stopped by an error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                 _end(runs, run.id, claims, "stopped", why, res.elapsed_s())
                 claims = None
                 raise
@@ -287,6 +309,7 @@ def execute(store: Store, run_name: str, *, llm: LLMClient, reader: Reader | Non
     finally:
         if claims is not None:
             claims.stop()
+        await llm.aclose()
     return runs.summary(run.id)
 
 
@@ -304,18 +327,18 @@ def _end(runs: Runs, run_id: int, claims: Claims | None, status: str, reason: st
     runs.set_status(run_id, status, reason, elapsed_s=elapsed_s)
 
 
-def _review_done(runs: Runs, run_id: int, wait: bool) -> bool:
+async def _review_done(runs: Runs, run_id: int, wait: bool) -> bool:
     """True once every candidate waiting for review has the user's decision."""
     while True:
         if all(c.review is not None for c in runs.pending_review(run_id)):
             return True
         if not wait:
             return False
-        time.sleep(REVIEW_POLL_S)
+        await asyncio.sleep(REVIEW_POLL_S)
 
 
-@contextmanager
-def _given(saver: Any) -> Iterator[Any]:
+@asynccontextmanager
+async def _given(saver: Any) -> AsyncIterator[Any]:
     yield saver
 
 

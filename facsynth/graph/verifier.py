@@ -46,7 +46,7 @@ from facsynth.tools.candidates import Reading
 log = logging.getLogger(__name__)
 
 
-def _judge_all(res: Resources, cfg: RunConfig, pairs: list[tuple[Candidate, Reading]], run_name: str) -> list[Verdict]:
+async def _judge_all(res: Resources, cfg: RunConfig, pairs: list[tuple[Candidate, Reading]], run_name: str) -> list[Verdict]:
     """Verdicts on one batch: text checks, then the model checks (one forward for the batch),
     duplicates and the target; the LLM judge (``quality_judge``) last, on those still accepted."""
     dups = res.duplicates()
@@ -76,7 +76,7 @@ def _judge_all(res: Resources, cfg: RunConfig, pairs: list[tuple[Candidate, Read
     verdicts = decide()
     asked = [i for i, v in enumerate(verdicts) if v.verdict == "accepted"]
     if cfg.quality_judge and res.llm is not None and asked:
-        replies = asyncio.run(_ask_judge(res, [samples[i] for i in asked], run_name))
+        replies = await _ask_judge(res, [samples[i] for i in asked], run_name)
         for i, reply in zip(asked, replies):
             checks[i] = dict(checks[i] or {})
             checks[i]["judge"] = "failed" if reply is None else reply.verdict
@@ -101,10 +101,7 @@ async def _ask_judge(res: Resources, samples: list[Sample], run_name: str) -> li
             log.info("quality judge reply did not parse: %s", exc)
             return None
 
-    try:
-        return list(await asyncio.gather(*(one(s) for s in samples)))
-    finally:
-        await llm.aclose()
+    return list(await asyncio.gather(*(one(s) for s in samples)))
 
 
 def _settle_feature(
@@ -150,7 +147,7 @@ def _review(runs: Runs, run_id: int, run_name: str, plans: list[tuple[int, int, 
                 v.verdict, v.reason, v.accept, v.code = "rejected", "rejected in review", False, "denied_in_review"
 
 
-def verifier(state: SynthState, runtime: Runtime[RunContext]) -> SynthState:
+async def verifier(state: SynthState, runtime: Runtime[RunContext]) -> SynthState:
     res = resources(runtime.context)
     runs = Runs(res.store)
     run, steer = directives.current(runs, res.run.name)
@@ -170,7 +167,7 @@ def verifier(state: SynthState, runtime: Runtime[RunContext]) -> SynthState:
         fs = runs.feature(run.id, feature)
         if fs is not None and (cands or (fs.status == "in_progress" and _no_reply(runs, run.id, feature, attempt))):
             pairs = [(c, by_id[c.id]) for c in cands]
-            plans.append((feature, attempt, pairs, _judge_all(res, cfg, pairs, run.name)))
+            plans.append((feature, attempt, pairs, await _judge_all(res, cfg, pairs, run.name)))
     if cfg.review:
         _review(runs, run.id, run.name, plans)
     for feature, attempt, pairs, verdicts in plans:

@@ -78,11 +78,10 @@ def execute_workers(store: Store, run_name: str, n: int, client: LLMClient, *,
     share that server instead of starting one each. ``on_poll`` gets the run's summary, read
     from the store, about once a second. Raises :class:`FacsynthError` when a worker failed
     and the others did not finish the run; a failure the others made up for is logged."""
-    from facsynth.graph.runner import open_checkpointer
+    from facsynth.graph.runner import setup_checkpoints
 
     require_workers(store, f"--workers {n}")
-    with open_checkpointer(store):  # LangGraph's tables exist before the workers start
-        pass
+    setup_checkpoints(store)  # LangGraph's tables exist before the workers start
     runs = Runs(store)
     endpoints = client.urls if client.cfg.base_url is None else None
     url = store.engine.url.render_as_string(hide_password=False)

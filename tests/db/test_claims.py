@@ -208,14 +208,14 @@ def test_a_settlement_and_a_claim_on_the_same_feature_never_deadlock(pg_engine) 
 def test_workers_starting_at_once_all_get_through_the_checkpointer_set_up(pg_url) -> None:
     """LangGraph's Postgres saver creates its indexes CONCURRENTLY, which waits for every open
     transaction of the database: a worker waiting for the set-up must not wait inside one."""
-    from facsynth.graph.runner import open_checkpointer
+    from facsynth.graph.runner import setup_checkpoints
 
     stores = [Store(pg_url) for _ in range(3)]
     through: list[int] = []
 
     def start(s: Store) -> None:
-        with open_checkpointer(s):
-            through.append(1)
+        setup_checkpoints(s)
+        through.append(1)
 
     threads = [threading.Thread(target=start, args=(s,), daemon=True) for s in stores]
     for t in threads:
