@@ -95,6 +95,19 @@ def default_sae():
     return load_sae()
 
 
+@pytest.fixture
+def reader(subject, default_sae, tmp_path: Path):
+    """A reader on the session's model and SAE with a store of its own, per test."""
+    from facsynth.db import Store
+    from facsynth.tools.reader import Reader
+
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    try:
+        yield Reader(subject, default_sae, store=store)
+    finally:
+        store.close()
+
+
 @pytest.fixture(scope="session")
 def encoder(subject, default_sae):
     from facsynth.tools.encoder import FeatureEncoder

@@ -3,43 +3,39 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from facsynth.cli.from_config import config_command
+from facsynth.tools.downstream import EvalConfig
+
 console = Console()
 
 
+EVAL_FLAGS = {"c": ("--C",), "layer": ("--layer", "-l")}
+"""Flags of :class:`~facsynth.tools.downstream.EvalConfig` fields that are not ``--field-name``."""
+
+
+@config_command(EvalConfig, EVAL_FLAGS, own_first=True)
 def eval_command(
     train: Path = typer.Option(..., "--train", help="The seed: a labelled set (JSONL, CSV/TSV, ... with a label field)."),
     test: Path = typer.Option(..., "--test", help="The labelled test set the probe is scored on."),
     add: Optional[list[Path]] = typer.Option(None, "--add", help="A set added to the seed (e.g. a `facsynth export` JSONL); repeat for several arms."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON (atomically)."),
-    label_column: str = typer.Option("label", "--label-column", help="The field that holds each sample's label."),
-    positive: Optional[list[str]] = typer.Option(None, "--positive", help="Label value of the positive class (repeatable). Default: 1/true/yes/positive/pos, else the rarer test class."),
-    seed_size: Optional[int] = typer.Option(None, "--seed-size", help="Train on random draws of N seed samples (class proportions kept)."),
-    draws: int = typer.Option(5, "--draws", help="Seed draws per arm with --seed-size; mean and interval over draws."),
-    bootstrap: int = typer.Option(1000, "--bootstrap", help="Test-set resamples for the intervals."),
-    rng_seed: int = typer.Option(0, "--rng-seed", help="Seed of the draws and resamples."),
-    c: float = typer.Option(1.0, "--C", help="Inverse L2 strength of the logistic regression."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Subject model: hub id, model dir, .gguf file. Default: bundled SmolLM2-135M-Instruct."),
-    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Decoder block read (0-based). Default: the middle block."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Samples per forward pass."),
-    max_tokens: int = typer.Option(512, "--max-tokens", help="Tokens read per sample (longer samples are truncated)."),
+    **fields: Any,
 ) -> None:
     """Does the data help? AUPRC and accuracy of a probe trained on the seed alone and on seed + each --add set."""
     from facsynth.cli.measure import _write_atomic
     from facsynth.tools.datasets import load_dataset
-    from facsynth.tools.downstream import EvalConfig, evaluate
+    from facsynth.tools.downstream import evaluate
 
-    cfg = EvalConfig.make(
-        label_column=label_column, positive=tuple(positive or ()), seed_size=seed_size, draws=draws,
-        bootstrap=bootstrap, rng_seed=rng_seed, c=c, layer=layer, batch_size=batch_size, max_tokens=max_tokens,
-    )
+    cfg = EvalConfig.make(**fields)
     # read every input before the model loads: bad input fails in a second
     seed_ds, test_ds = load_dataset(train), load_dataset(test)
     add_ds = [load_dataset(a) for a in add or []]

@@ -15,9 +15,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from facsynth.cli.from_config import config_command
+from facsynth.cli.from_config import check_overrides, field_parameters, override_parameters, with_parameters
 from facsynth.cli.options import API_KEY_ENV, DB
-from facsynth.graph.config import RunConfig
+from facsynth.graph.config import Budget, RunConfig
 
 console = Console()
 
@@ -30,8 +30,17 @@ WORKERS = typer.Option(
 REPORT_DIR = typer.Option(Path("facsynth-runs"), "--report-dir", help="Where the coverage report (JSON + PNG) of each run goes.")
 
 
-def _budget(calls: int | None, tokens: int | None, seconds: float | None) -> dict[str, Any]:
-    return {k: v for k, v in {"calls": calls, "tokens": tokens, "seconds": seconds}.items() if v is not None}
+BUDGET = "budget_"
+"""Prefix of the :class:`~facsynth.graph.config.Budget` options: ``--budget-calls``, ..."""
+KEEP = "Default: the stored value."
+"""Help note of ``facsynth resume``'s options: not given, the run keeps what it has."""
+
+
+def _budget(options: dict[str, Any]) -> dict[str, Any]:
+    """The budget options given (``budget_calls``, ...; popped from ``options``) as Budget fields."""
+    names = [k for k in options if k.startswith(BUDGET)]
+    given = {k.removeprefix(BUDGET): options.pop(k) for k in names}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _llm(base_url: str | None, llm_model: str | None, api_key_env: str, batch: int, seed: int = 0,
@@ -205,11 +214,8 @@ RUN_FLAGS = {
 """Flags of :class:`~facsynth.graph.config.RunConfig` fields that are not ``--field-name``."""
 
 
-@config_command(RunConfig, RUN_FLAGS, skip=("budget", "llm"))
+@with_parameters(field_parameters(RunConfig, RUN_FLAGS, skip=("budget", "llm")), field_parameters(Budget, {}, prefix=BUDGET))
 def run_command(
-    budget_calls: Optional[int] = typer.Option(None, "--budget-calls", help="Stop after this many generator LLM calls."),
-    budget_tokens: Optional[int] = typer.Option(None, "--budget-tokens", help="Stop after this many LLM tokens (in + out)."),
-    budget_seconds: Optional[float] = typer.Option(None, "--budget-seconds", help="Stop after this much synthesis wall time."),
     run_name: Optional[str] = typer.Option(None, "--run", help="Run name (default: TASK-DATE-TIME)."),
     base_url: Optional[str] = BASE_URL, llm_model: Optional[str] = LLM_MODEL, api_key_env: str = API_KEY_ENV,
     llm_seed: int = typer.Option(0, "--llm-seed", min=0, help="Sampling seed: the same seed and data give the same run; vary it to see the spread."),
@@ -230,8 +236,9 @@ def run_command(
             check_run_name(run_name)
         except ValueError as exc:
             raise InputError(str(exc)) from None
+    budget = _budget(fields)
     cfg = validated({
-        **fields, "budget": _budget(budget_calls, budget_tokens, budget_seconds),
+        **fields, "budget": budget,
         "llm": _llm(base_url, llm_model, api_key_env, fields["batch"], llm_seed, writer, workers),
     })
     with open_store(db) as store, ExitStack() as stack:
@@ -275,26 +282,27 @@ def _go(store: Any, name: str, cfg: Any, report_dir: Path, reader: Any = None, c
     _finish(store, name, report_dir, cfg.target_fac)
 
 
+@with_parameters(override_parameters(RunConfig, ("target_fac",), note=KEEP),
+                 override_parameters(Budget, prefix=BUDGET, note=f"A total over the run. {KEEP}"))
 def resume_command(
     run_name: str = typer.Argument(..., help="The run to continue."),
-    target_fac: Optional[float] = typer.Option(None, "--target-fac", help="A new FAC target."),
-    budget_calls: Optional[int] = typer.Option(None, "--budget-calls", help="A new call budget (total over the run)."),
-    budget_tokens: Optional[int] = typer.Option(None, "--budget-tokens", help="A new token budget (total)."),
-    budget_seconds: Optional[float] = typer.Option(None, "--budget-seconds", help="A new wall-time budget (total)."),
     workers: int = WORKERS,
     db: Optional[str] = DB, report_dir: Path = REPORT_DIR,
+    **overrides: Any,
 ) -> None:
     """Continue a stopped run (Ctrl-C, kill -9, budget spent) exactly where it stopped."""
     from facsynth.db.runs import Runs
     from facsynth.db.store import open_store
     from facsynth.graph.api import update_run
-    from facsynth.graph.config import RunConfig
     from facsynth.graph.workers import check_workers
 
+    check_overrides(RunConfig, overrides)
+    check_overrides(Budget, overrides, prefix=BUDGET, where="budget.")
     with open_store(db) as store:
         run = Runs(store).get(run_name)
         check_workers(store, RunConfig.model_validate(run.config["config"]), workers)
-        cfg = update_run(store, run.name, target_fac=target_fac, budget=_budget(budget_calls, budget_tokens, budget_seconds))
+        budget = _budget(overrides)
+        cfg = update_run(store, run.name, budget=budget, **overrides)
         console.print(f"resuming run [bold]{run.name}[/] ({run.status}: {run.stop_reason or '-'})")
         if workers > 1:
             from facsynth.agent.llm import open_client

@@ -20,16 +20,19 @@ RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class Budget(BaseModel):
-    """When a run must stop spending; None: no limit of that kind."""
+    """When a run must stop spending; None: no limit of that kind.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Each field is one option of ``facsynth run`` and ``facsynth resume`` (``--budget-calls``,
+    ...: :mod:`facsynth.cli.from_config`), with the first sentence of its docstring as help."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     calls: int | None = Field(None, ge=1)
-    """Generator LLM calls issued (cache hits are free and not counted)."""
+    """Stop after this many generator LLM calls (cache hits are free and not counted)."""
     tokens: int | None = Field(None, ge=1)
-    """Tokens in + out of those calls."""
+    """Stop after this many LLM tokens (in + out) of the generator calls."""
     seconds: float | None = Field(None, gt=0)
-    """Wall time spent synthesizing, summed over every session of the run."""
+    """Stop after this much synthesis wall time, in seconds, summed over every session of the run."""
 
 
 class RunConfig(BaseModel):

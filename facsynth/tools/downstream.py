@@ -57,28 +57,36 @@ Progress = Callable[[int, int], None]
 
 
 class EvalConfig(BaseModel):
-    """How the probe is trained and scored (the options of ``facsynth eval``)."""
+    """How the probe is trained and scored.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Each field is one option of ``facsynth eval`` (:mod:`facsynth.cli.from_config`), with
+    this default and the first sentence of its docstring as help."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     label_column: str = Field("label", min_length=1)
     """The field that holds each sample's label."""
     positive: tuple[str, ...] = ()
-    """Label values of the positive class (compared case-insensitively); empty: the default rule."""
+    """Label values of the positive class, compared case-insensitively; none: a label spelled
+    1/true/yes/positive/pos, else (two classes) the rarer one in the test set."""
     seed_size: int | None = Field(None, ge=2)
-    """Train on random draws of this many seed samples instead of the whole seed."""
+    """Train on random draws of this many seed samples (class proportions kept) instead of the whole seed."""
     draws: int = Field(5, ge=1)
-    """Random seed draws per arm (with ``seed_size``)."""
+    """Random seed draws per arm with a seed size; the mean and interval are over the draws."""
     bootstrap: int = Field(1000, ge=10)
     """Test-set resamples for the intervals."""
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    """Confidence level of the intervals."""
     rng_seed: int = 0
+    """Seed of the seed draws and the test resamples."""
     c: float = Field(1.0, gt=0.0)
     """Inverse L2 strength of the logistic regression."""
     layer: int | None = None
     """Decoder block read (0-based); default: the middle block (15 of SmolLM2's 30, the shipped SAE's)."""
     batch_size: int = Field(32, ge=1)
+    """Samples per forward pass."""
     max_tokens: int = Field(512, ge=1)
+    """Tokens read per sample (longer samples are truncated)."""
 
     @classmethod
     def make(cls, **values: object) -> EvalConfig:
