@@ -9,12 +9,16 @@ the fake endpoint, where the replies are fixed.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 from endpoints import FakeOpenAI, Reply
 
+from facsynth.agent import llm as llm_module
 from facsynth.agent.llm import LLMClient
 from facsynth.tools.export import export_run
 from facsynth.db.runs import Runs
@@ -202,12 +206,16 @@ def test_another_llm_seed_samples_every_request_anew(reader, fake_llm, demo_data
     assert Runs(reader.store).summary("c").samples == Runs(reader.store).summary("b").samples
 
 
-def test_agent_retries_with_feedback_up_to_the_cap(reader, fake_llm, demo_data) -> None:
+def test_agent_retries_with_feedback_up_to_the_cap(reader, fake_llm, demo_data, monkeypatch) -> None:
     seed, anchor = demo_data
     fake_llm.default = Reply(content=json.dumps({POSITIVE: "Okay then", NEGATIVE: "Fine thanks"}))  # parses, never usable
     cfg = _fake_cfg(fake_llm, seed, anchor, max_features=2, max_attempts=3)
     run, _ = prepare_run(cfg, "agent", reader.store, reader)
+    pools = []  # the run's nodes share one client on one event loop: one HTTP pool for the whole run
+    built = llm_module._AttemptTransport.__init__
+    monkeypatch.setattr(llm_module._AttemptTransport, "__init__", lambda self, *a: (pools.append(self), built(self, *a))[1])
     summary = execute(reader.store, "agent", llm=LLMClient(cfg.llm, store=reader.store), reader=reader)
+    assert len(pools) == 1
     runs = Runs(reader.store)
     targets = [f for f in runs.features(run.id) if f.attempts]
     assert [f.attempts for f in targets] == [3, 3] and {f.status for f in targets} == {"exhausted"}
@@ -217,6 +225,29 @@ def test_agent_retries_with_feedback_up_to_the_cap(reader, fake_llm, demo_data) 
     assert sum("Feedback on your last attempt" in p for p in prompts) == 4
     assert all("not a usable sample (too short" in p for p in prompts if "Feedback" in p)
     assert {c.reason for c in runs.candidates(run.id)} == {"quality: too short: 2 word(s), needs at least 4"}
+
+
+def test_ctrl_c_stops_the_run_which_resumes_where_it_stopped(reader, fake_llm, demo_data) -> None:
+    """Ctrl-C while the run's event loop waits for the LLM: the run is stored as stopped, with
+    the reason, and a resume makes only the calls the first session did not finish."""
+    seed, anchor = demo_data
+    fake_llm.default = Reply(content=json.dumps({POSITIVE: "Okay then", NEGATIVE: "Fine thanks"}), delay_s=0.8)
+    cfg = _fake_cfg(fake_llm, seed, anchor, max_features=2, max_attempts=3)
+    prepare_run(cfg, "ctrl-c", reader.store, reader)
+    timer = threading.Timer(2.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            execute(reader.store, "ctrl-c", llm=LLMClient(cfg.llm, store=reader.store), reader=reader)
+    finally:
+        timer.cancel()
+    runs = Runs(reader.store)
+    stopped = runs.summary("ctrl-c").run
+    assert (stopped.status, stopped.stop_reason) == ("stopped", "interrupted (Ctrl-C)")
+    summary = execute(reader.store, "ctrl-c", llm=LLMClient(cfg.llm, store=reader.store), reader=reader)
+    assert summary.run.status == "done"
+    assert reader.store.llm_totals("ctrl-c")["by_outcome"]["ok"] == 6  # 2 features x 3 attempts, none paid twice
+    assert [f.attempts for f in runs.features(summary.run.id) if f.attempts] == [3, 3]
 
 
 def test_a_target_already_met_stops_before_any_call(reader, fake_llm, demo_data) -> None:
