@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from endpoints import FakeOpenAI, Reply
 
-from facsynth.agent import llm as llm_module
+from facsynth.agent.transport import AttemptTransport
 from facsynth.agent.llm import LLMClient
 from facsynth.tools.export import export_run
 from facsynth.db.runs import Runs
@@ -212,8 +212,8 @@ def test_agent_retries_with_feedback_up_to_the_cap(reader, fake_llm, demo_data, 
     cfg = _fake_cfg(fake_llm, seed, anchor, max_features=2, max_attempts=3)
     run, _ = prepare_run(cfg, "agent", reader.store, reader)
     pools = []  # the run's nodes share one client on one event loop: one HTTP pool for the whole run
-    built = llm_module._AttemptTransport.__init__
-    monkeypatch.setattr(llm_module._AttemptTransport, "__init__", lambda self, *a: (pools.append(self), built(self, *a))[1])
+    built = AttemptTransport.__init__
+    monkeypatch.setattr(AttemptTransport, "__init__", lambda self, *a, **kw: (pools.append(self), built(self, *a, **kw))[1])
     summary = execute(reader.store, "agent", llm=LLMClient(cfg.llm, store=reader.store), reader=reader)
     assert len(pools) == 1
     runs = Runs(reader.store)
