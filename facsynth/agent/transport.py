@@ -38,13 +38,8 @@ def rejects_format_body(status: int, body: str) -> bool:
 
 
 def rejects_response_format(exc: BaseException) -> bool:
-    """The endpoint refused the ``response_format`` itself (400/422, or llama-cpp-python's 500)."""
-    if not isinstance(exc, openai.APIStatusError) or exc.status_code == 429:
-        return False
-    text = str(exc)
-    if exc.status_code in (400, 422):
-        return "response_format" in text or "json_schema" in text
-    return exc.status_code >= 500 and "response_format" in text
+    """The openai client's error for such a response (:func:`rejects_format_body`)."""
+    return isinstance(exc, openai.APIStatusError) and rejects_format_body(exc.status_code, str(exc))
 
 
 @dataclass
@@ -77,8 +72,9 @@ class _Endpoint:
 class AttemptTransport(httpx.AsyncBaseTransport):
     """Under the openai client: every HTTP attempt of its retry policy passes here (see the
     module). The embedded server's instances answer one request at a time, hence the least
-    busy endpoint. An endpoint's refusal of ``response_format`` is marked ``x-should-retry: false``: asking
-    again would be refused again, the client steps down to the next structured mode instead."""
+    busy endpoint. An endpoint's refusal of ``response_format`` is marked
+    ``x-should-retry: false``: asking again would be refused again; the client steps down to
+    the next structured mode instead."""
 
     def __init__(
         self, urls: Sequence[str], *, max_concurrency: int, timeout_s: float, limits: httpx.Limits,
