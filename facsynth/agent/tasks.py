@@ -4,9 +4,10 @@ A task has a ``name``, a free-text ``definition``, ``criteria`` the task judge a
 and optionally the ``format`` of the samples synthesis should write for it. Five
 presets follow the paper's tasks (toxicity, instruction following, helpfulness /
 reward modelling, sycophancy, survival instinct); users add their own in a TOML or
-YAML file, either one task at the top level or a list under ``tasks``. One more preset, ``sms-spam``,
-goes with the real labelled SMS set the package ships (``facsynth/data/sms_spam``), so that a
-synthesis run's samples can be scored downstream with ``facsynth eval``::
+YAML file, either one task at the top level or a list under ``tasks``. Two more presets, ``sms-spam``
+and ``tweet-sentiment``, go with the real labelled sets the package ships (``facsynth/data/sms_spam``,
+``facsynth/data/tweet_sentiment``), so that a synthesis run's samples can be scored downstream
+with ``facsynth eval``::
 
     # tasks.toml
     [[tasks]]
@@ -165,10 +166,31 @@ PRESETS: dict[str, TaskSpec] = {
                 "label": ["spam", "ham"],
             },
         ),
+        TaskSpec(
+            name="tweet-sentiment",
+            definition=(
+                "Sentiment of tweets: telling short social-media posts that express a negative feeling, "
+                "complaint or bad news (negative) from ones that express a positive feeling, praise, thanks or "
+                "good news (positive), as people write them: informal, with slang, emoticons, @mentions and hashtags."
+            ),
+            criteria=[
+                "emotion and evaluation words, positive or negative (love, great, thanks, hate, sad, awful, annoying)",
+                "emoticons, emoji, interjections, intensifiers and swearing (:) :( lol omg so sooo damn !!!)",
+                "negation, contrast and sarcasm that flip or soften a sentiment (not bad, but, yeah right)",
+                "events that are good or bad for the writer: illness, loss, traffic, delays, success, gifts, friends",
+                "also relevant: the informal register of tweets (@mentions, hashtags, links, abbreviations) in "
+                "posts of either sentiment",
+            ],
+            format={
+                "sample": "one tweet as people post it, 5-40 words, clearly positive or clearly negative in sentiment",
+                "label": ["negative", "positive"],
+            },
+        ),
     ]
 }
-"""The paper's five tasks, with definitions and criteria written for facsynth, and ``sms-spam``, the task
-of the shipped labelled set (``facsynth/data/sms_spam``) that ``facsynth eval`` can score."""
+"""The paper's five tasks, with definitions and criteria written for facsynth, and ``sms-spam`` and
+``tweet-sentiment``, the tasks of the shipped labelled sets (``facsynth/data/sms_spam``,
+``facsynth/data/tweet_sentiment``) that ``facsynth eval`` can score."""
 
 
 def _read_toml(path: Path) -> Any:

@@ -46,7 +46,7 @@ class RunConfig(BaseModel):
 
     task: str
     """Task: a preset (toxicity, instruction-following, helpfulness, sycophancy,
-    survival-instinct, sms-spam) or one from the tasks file. It gives the sample format
+    survival-instinct, sms-spam, tweet-sentiment) or one from the tasks file. It gives the sample format
     and, where the store has them, the relevant features."""
     seed: str
     """The data whose gaps are filled (JSONL, CSV/TSV, text, HF dataset dir: any format

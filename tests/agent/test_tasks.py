@@ -12,8 +12,9 @@ from facsynth.db.catalog import Catalog
 from facsynth.errors import InputError
 
 
-def test_presets_are_the_papers_five_tasks_and_sms_spam_and_get_stored(store: Any) -> None:
-    assert set(PRESETS) == {"toxicity", "instruction-following", "helpfulness", "sycophancy", "survival-instinct", "sms-spam"}
+def test_presets_are_the_papers_five_tasks_and_the_labelled_sets_and_get_stored(store: Any) -> None:
+    assert set(PRESETS) == {"toxicity", "instruction-following", "helpfulness", "sycophancy", "survival-instinct", "sms-spam",
+                            "tweet-sentiment"}
     for task in PRESETS.values():
         assert len(task.definition) > 40 and task.criteria.count("\n- ") >= 2
     catalog = Catalog(store)
@@ -21,6 +22,7 @@ def test_presets_are_the_papers_five_tasks_and_sms_spam_and_get_stored(store: An
     assert catalog.task("toxicity").source == "preset"
     assert catalog.task("toxicity").format["label"] == ["toxic", "non-toxic"]
     assert catalog.task("sms-spam").format["label"] == ["spam", "ham"]
+    assert catalog.task("tweet-sentiment").format["label"] == ["negative", "positive"]
 
 
 def test_user_toml_adds_tasks_and_replaces_a_preset(store: Any, tmp_path: Path) -> None:

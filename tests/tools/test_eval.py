@@ -41,14 +41,22 @@ def _within(i) -> bool:  # noqa: ANN001 - Interval
     return 0.0 <= i.low <= i.value <= i.high <= 1.0
 
 
-def test_shipped_set_is_real_labelled_and_small() -> None:
-    files = {f: load_dataset(SMS / f"{f}.jsonl") for f in ("seed", "more", "test", "anchor")}
-    assert {f: len(d) for f, d in files.items()} == {"seed": 40, "more": 120, "test": 200, "anchor": 200}
-    texts = [s.text for d in files.values() for s in d]
+@pytest.mark.parametrize(("name", "labels", "sizes", "rare"), [
+    ("sms_spam", {"spam", "ham"}, (40, 120, 200, 200), "spam"),
+    ("tweet_sentiment", {"negative", "positive"}, (40, 120, 300, 200), "negative"),
+])
+def test_shipped_sets_are_real_labelled_and_small(name, labels, sizes, rare) -> None:
+    root = shipped(name)
+    files = {f: load_dataset(root / f"{f}.jsonl") for f in ("seed", "more", "test", "anchor")}
+    assert tuple(len(d) for d in files.values()) == sizes
+    texts = [s.text.lower() for d in files.values() for s in d]
     assert len(set(texts)) == len(texts)  # no text in two files
-    for d in files.values():
-        assert {s.meta["label"] for s in d} == {"spam", "ham"}
-    assert sum(p.stat().st_size for p in SMS.iterdir()) < 1_000_000
+    for f, d in files.items():
+        assert {s.meta["label"] for s in d} == labels
+        count = sum(s.meta["label"] == rare for s in d)
+        assert count * 2 == len(d) if f == "anchor" else count * 2 < len(d)  # the rarer class, balanced anchor
+    assert sum(p.stat().st_size for p in root.iterdir()) < 1_000_000
+    assert (root / "README.md").is_file()
 
 
 def test_probe_on_real_sms_spam_gives_auprc_with_intervals(subject, sms) -> None:
