@@ -1,11 +1,12 @@
 """The paper's experiment on this machine: does FAC-guided data help downstream, and does FAC
 track the gain better than text metrics?
 
-    python bench/proof.py [--seed-size 6] [--draws 3] [--calls 16] [--writer NAME] [--task sms-spam]
-                          [--relevance anchor|contrast]
+    python bench/proof.py [--task sms-spam|tweet-sentiment] [--seed-size 6] [--draws 3] [--calls 16]
+                          [--writer NAME] [--relevance anchor|contrast]
 
-Setup: the shipped labelled set (``facsynth/data/sms_spam``: real SMS, spam/ham). For each
-draw, a small real seed of ``--seed-size`` messages (class-stratified, rng = draw) is the
+Setup: a shipped labelled set: ``--task sms-spam`` (``facsynth/data/sms_spam``: real SMS,
+spam/ham, positive class spam) or ``--task tweet-sentiment`` (``facsynth/data/tweet_sentiment``:
+human-rated tweets, negative/positive, positive class negative). For each draw, a small real seed of ``--seed-size`` messages (class-stratified, rng = draw) is the
 data to extend. From it, the same generator (the embedded llama.cpp server: SmolLM2-135M,
 or ``--writer``) and the same call budget produce three synthetic sets:
 
@@ -56,6 +57,8 @@ from facsynth.tools.downstream import EvalConfig  # noqa: E402
 from facsynth.tools.reader import Reader  # noqa: E402
 
 ARMS = ("agent", "paper", "unguided")
+LABELLED = {"sms-spam": ("sms_spam", "spam"), "tweet-sentiment": ("tweet_sentiment", "negative")}
+"""Task preset -> (its shipped data directory, the class whose AUPRC is scored)."""
 
 
 def stratified(seed: Dataset, n: int, rng: np.random.Generator) -> list[Sample]:
@@ -99,8 +102,8 @@ def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, fl
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(ROOT / "facsynth" / "data" / "sms_spam"))
-    ap.add_argument("--task", default="sms-spam")
+    ap.add_argument("--task", default="sms-spam", help=f"the task; its shipped data unless --data ({', '.join(LABELLED)})")
+    ap.add_argument("--data", default=None, help="a directory with seed/test/anchor.jsonl (default: the task's shipped set)")
     ap.add_argument("--seed-size", type=int, default=6)
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--calls", type=int, default=16, help="generator calls per arm and draw")
@@ -110,9 +113,16 @@ def main() -> None:
                     help="F: every feature active on the anchor, or those whose activation separates the anchor's "
                     "positive class from the rest (AUROC >= --auroc; facsynth features relevance --method contrast)")
     ap.add_argument("--auroc", type=float, default=0.7)
-    ap.add_argument("--positive", default="spam", help="the positive label (contrast relevance and AUPRC)")
+    ap.add_argument("--positive", default=None, help="the positive label (contrast relevance and AUPRC; default: "
+                    "the task's rarer class)")
     args = ap.parse_args()
-    data = Path(args.data)
+    shipped, rare = LABELLED.get(args.task, (None, None))
+    if args.data is None and shipped is None:
+        sys.exit(f"--task {args.task} has no shipped labelled set: give --data and --positive")
+    data = Path(args.data or ROOT / "facsynth" / "data" / shipped)
+    args.positive = args.positive or rare
+    if args.positive is None:
+        sys.exit("--positive: which label is the positive class?")
     test, anchor = data / "test.jsonl", data / "anchor.jsonl"
     full_seed = load_dataset(data / "seed.jsonl")
 
@@ -165,6 +175,8 @@ def main() -> None:
                         "distinct_2": alone.diversity["distinct_2"], "self_bleu": alone.diversity["self_bleu"],
                         "cosine_distance": alone.diversity["cosine_distance"],
                     })
+                    print(f"  {arm}: seed AUPRC {seed_auprc:.3f}, gain {gain.value:+.3f} [{gain.low:+.3f}, "
+                          f"{gain.high:+.3f}], FAC seed+set {fac_grown:.1%}", flush=True)
 
     print(f"\n{'draw':>4} {'arm':9} {'n':>3} {'seed AUPRC':>10} {'gain':>7} {'95% CI':>17} {'FAC s+set':>9} "
           f"{'FAC set':>7} {'dist-2':>6} {'sBLEU':>6} {'cos':>6}")
@@ -172,7 +184,7 @@ def main() -> None:
         print(f"{p['draw']:>4} {p['arm']:9} {p['n']:>3} {p['seed_auprc']:>10.3f} {p['gain']:>+7.3f} "
               f"[{p['gain_low']:+.3f}, {p['gain_high']:+.3f}] {p['fac_grown']:>9.1%} {p['fac_set']:>7.1%} "
               f"{p['distinct_2']:>6.3f} {p['self_bleu']:>6.3f} {p['cosine_distance']:>6.3f}")
-    print(f"\nseed_size={args.seed_size}\ndraws={args.draws}\ncalls_per_arm={args.calls}\nwriter={args.writer or 'smollm2-135m-instruct'}")
+    print(f"\ntask={args.task}\nseed_size={args.seed_size}\ndraws={args.draws}\ncalls_per_arm={args.calls}\nwriter={args.writer or 'smollm2-135m-instruct'}")
     print(f"points={len(points)}\nseconds={time.monotonic() - started:.0f}")
     for arm in ARMS:
         mine = [p for p in points if p["arm"] == arm]
