@@ -29,7 +29,7 @@ from facsynth.graph.context import Resources, RunContext, resources
 from facsynth.graph.prompts import GenerationRequest, Shown, render, reply_examples, reply_model
 from facsynth.graph.state import SynthState
 from facsynth.tools.datasets import Sample
-from facsynth.tools.quality import ADVICE
+from facsynth.tools.quality import ADVICE, unmark
 from facsynth.tools.candidates import span_text, text_hash
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ async def generator(state: SynthState, runtime: Runtime[RunContext]) -> SynthSta
         cands = []
         if reply is not None:
             for idx, (role, text, label) in enumerate(reply_examples(cfg.strategy, reply)):
-                sample = Sample(text=text)
+                sample = Sample(text=unmark(text))  # the prompt's <<key word>> marks, copied inline
                 cands.append(
                     Candidate(
                         feature=job.feature, attempt=job.attempt, step=job.step, idx=idx, role=role,

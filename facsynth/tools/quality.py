@@ -105,9 +105,9 @@ _PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
 _SPACE = re.compile(r"\s+")
 
 META = re.compile(
-    r"\b(marked (?:key )?(?:words?|phrases?)|(?:its|the theme's) key words?|key words? verbatim|(?:its|the) central theme|the theme as it is|snippets?|(?:this|the|a|new|another|similar|same) (?:sample|example)s?|"
+    r"\b(marked (?:key )?(?:words?|phrases?)|(?:its|the theme's) key words?|key words? verbatim|(?:its|the) central theme|the theme (?:more )?central|the theme as it is|snippets?|(?:this|the|a|new|another|similar|same) (?:sample|example)s?|"
     r"without them|contains? them|same style|reply format|(?:the )?instructions? above|above instructions?|"
-    r"my (?:next|previous|last) (?:response|reply|answer)|this formatting)\b",
+    r"(?:my|your) (?:next|previous|last) (?:response|reply|answer)|this formatting)\b",
     re.IGNORECASE,
 )
 """Words of the generator's instructions: a candidate that uses them talks about the task
@@ -127,6 +127,39 @@ not match."""
 PROMPT_MARKUP = re.compile(r"<<|>>|\{\s*\d+(?:\.\d+)?\s*\}")
 """Markup of the generator's prompt copied into a candidate: the ``<<peak>>`` marks of a
 snippet, or an activation score in braces ("{1.25} How much sleep ... {3.75}")."""
+
+_MARKED = re.compile(r"<<([^<>\n]{1,80}?)>>")
+
+
+def unmark(text: str) -> str:
+    """``text`` without the ``<<key words>>`` marks a writer copied from the prompt, where they
+    only wrap words inside the sample ("It's <<unfair>> and I feel <<frustrated>>." -> "It's
+    unfair and I feel frustrated."): the writer mimicked the snippets' markup, and the words
+    read as a sentence without it. Left as it is (so the text check refuses it) when a mark
+    is glued to a word ("happy<<emotion>>"), dangles after the last sentence ("outside.
+    <<hail>>"), holds no word, or a mark is left unpaired."""
+    parts: list[str] = []
+    end = 0
+    for m in _MARKED.finditer(text):
+        inner = m.group(1)
+        before, after = text[: m.start()], text[m.end() :]
+        if not re.search(r"\w", inner):
+            return text
+        if before[-1:].isalnum() and inner[:1].isalnum():  # glued on the left
+            return text
+        if after[:1].isalnum() and inner[-1:].isalnum():  # glued on the right
+            return text
+        if not re.search(r"\w", after) and re.search(r"[.!?]\s*$", before):  # a key word appended after the text
+            return text
+        parts += [text[end : m.start()], inner]
+        end = m.end()
+    if not parts:
+        return text
+    out = "".join(parts) + text[end:]
+    if "<<" in out or ">>" in out:
+        return text
+    return re.sub(r"\s+([,.!?;:])", r"\1", re.sub(r"[ \t]{2,}", " ", out)).strip()
+
 
 _REQUEST_FIRST = re.compile(
     r"\W*(?:(?:hi|hello|hey|ok|okay|so|now|also|quick question)\W+)?(?:please\W+)?"

@@ -31,7 +31,8 @@ NATURAL = [  # natural requests on the anchor's topics: they pass the cheap chec
 
 
 def _scripted() -> Any:
-    """Generator: a stub positive (too short) and a natural request as the negative. Judge: No
+    """Generator: a stub positive (too short) and a natural request as the negative (one with the
+    prompt's <<marks>> copied around two of its words). Judge: No
     for the oil filter, a reply that never parses for the trip."""
     calls = itertools.count()
 
@@ -41,7 +42,8 @@ def _scripted() -> Any:
             if "oil filter" in text:
                 return Reply(content=json.dumps({"reason": "It reads like a car manual index.", "verdict": "No"}))
             return Reply(content="Yes, I think so")  # no JSON: the repair request gets the same
-        return Reply(content=json.dumps({POSITIVE: "Okay then", NEGATIVE: NATURAL[next(calls) % len(NATURAL)]}))
+        negative = NATURAL[next(calls) % len(NATURAL)].replace("oil filter", "<<oil filter>>")  # marks copied from the prompt
+        return Reply(content=json.dumps({POSITIVE: "Okay then", NEGATIVE: negative}))
 
     return reply
 
@@ -67,7 +69,7 @@ def test_judge_verdicts_are_recorded_and_a_reply_that_does_not_parse_leaves_the_
     positives = [c for c in cands if c.role == "positive"]
     assert len(positives) == 2 and {c.code for c in positives} == {"too_short"}
     negatives = {c.payload["text"]: c for c in cands if c.role == "negative"}
-    assert set(negatives) == set(NATURAL)
+    assert set(negatives) == set(NATURAL)  # stored without the <<marks>> the writer copied around its words
     for c in negatives.values():  # both passed the cheap checks: loss, words, distance and request read and stored
         assert c.checks is not None and {"loss", "words", "distance", "request"} <= set(c.checks)
         assert c.target_act is not None and c.target_act <= run.config["setup"]["threshold"]

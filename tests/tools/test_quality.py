@@ -24,6 +24,7 @@ from facsynth.tools.quality import (
     model_problem,
     read_signals,
     text_problem,
+    unmark,
     word_share,
 )
 
@@ -35,6 +36,9 @@ JUNK = {
         "That's not allowed, but instead of this sentence I can add it to my next response with this formatting."
     ),
     "no request": "The universe is infinite and has no end, therefore there can be no limits to human existence.",
+    # accepted by the main job of 2026-12-04 before "your next response" counted as talk about the instructions
+    "about the reply": ("How do I...? That's not an answer to what you're asking. It wants you to ask for the "
+                        "information that only they provide, which will be provided in your next response."),
 }
 
 pytestmark = pytest.mark.slow
@@ -71,7 +75,7 @@ def test_junk_that_fires_many_features_is_rejected_on_the_real_model(calibrated,
         sf, _ = read
         assert len(sf.active(reader.default_delta)) >= 10
     expected = {"chords": "not_fluent", "version": "not_fluent", "about the instructions": "about_instructions",
-                "no request": "not_a_request"}[name]
+                "no request": "not_a_request", "about the reply": "about_instructions"}[name]
     assert problem.code == expected
 
 
@@ -155,6 +159,30 @@ def test_request_signal(text: str, asks: bool) -> None:
 def test_the_prompts_markup_copied_into_a_candidate_is_talk_about_the_instructions(text: str) -> None:
     problem = text_problem(Sample(text=text), min_words=4)
     assert problem is not None and problem.code == "about_instructions"
+
+
+@pytest.mark.parametrize(
+    ("text", "clean"),
+    [
+        # the writer copied the prompt's marks around words of its sentence: the sentence is kept
+        ("I got a new job, but it's <<unfair>> and I'm feeling <<frustrated>>.", "I got a new job, but it's unfair and I'm feeling frustrated."),
+        ("did you hear about the new << book>> everyone reads?", "did you hear about the new book everyone reads?"),
+        ("<<Wow>>, that concert was the best night of my year!", "Wow, that concert was the best night of my year!"),
+        ("Explain the greenhouse effect to a 12-year-<<old>>.", "Explain the greenhouse effect to a 12-year-old."),
+        # glued to a word, appended after the text, empty or unpaired: left as written, and refused
+        ("They make me feel so happy<<emotion>>", None),
+        ("The weather is terrible today, I can't go out. <<hail>>", None),
+        ("I can't even << >> explain how I feel today", None),
+        ("So glad << it is friday again, see you all", None),
+    ],
+)
+def test_marks_copied_around_words_of_a_sentence_are_removed_anything_else_is_refused(text: str, clean: str | None) -> None:
+    out = unmark(text)
+    if clean is None:
+        assert out == text
+        assert text_problem(Sample(text=out), min_words=4).code == "about_instructions"
+    else:
+        assert out == clean and text_problem(Sample(text=out), min_words=4) is None
 
 
 def test_word_share() -> None:
