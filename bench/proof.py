@@ -2,7 +2,7 @@
 track the gain better than text metrics?
 
     python bench/proof.py [--task sms-spam|tweet-sentiment] [--seed-size 6] [--draws 3] [--calls 16]
-                          [--writer NAME] [--relevance anchor|contrast]
+                          [--size N --max-calls 60] [--writer NAME] [--relevance anchor|contrast]
 
 Setup: a shipped labelled set: ``--task sms-spam`` (``facsynth/data/sms_spam``: real SMS,
 spam/ham, positive class spam) or ``--task tweet-sentiment`` (``facsynth/data/tweet_sentiment``:
@@ -13,6 +13,10 @@ or ``--writer``) and the same call budget produce three synthetic sets:
 - ``agent``: FAC-guided synthesis (contrastive pairs, verifier feedback, retries);
 - ``paper``: the authors' fixed two steps per feature;
 - ``unguided``: self-instruct from seed examples, no features.
+
+With ``--size N`` each arm keeps calling, ``--calls`` at a time (at most ``--max-calls``),
+until it has N usable labelled samples: sets of one size, as in the paper, whatever each
+cost (the calls each arm spent are printed).
 
 Every candidate passes the same quality rule (on this labelled task: the label check too).
 Only samples with a label count; the agent and unguided sets are cut to their common size
@@ -82,6 +86,12 @@ def write_jsonl(path: Path, rows: list[tuple[str, str]]) -> Path:
     return path
 
 
+def usable(store: Store, run: str) -> list[tuple[str, str]]:
+    """(text, label) of the run's accepted samples that carry a label, in acceptance order."""
+    rows = records(store, run)
+    return [(r["messages"][-1]["content"] if r["messages"] else "", r["label"]) for r in rows if r["label"]]
+
+
 def pearson(x: list[float], y: list[float]) -> float:
     a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(a) < 3 or a.std() == 0 or b.std() == 0:
@@ -107,6 +117,9 @@ def main() -> None:
     ap.add_argument("--seed-size", type=int, default=6)
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--calls", type=int, default=16, help="generator calls per arm and draw")
+    ap.add_argument("--size", type=int, default=0, help="keep calling, --calls at a time, until each arm has this many "
+                    "usable labelled samples (sets of one size, not of one cost; 0: one --calls budget per arm)")
+    ap.add_argument("--max-calls", type=int, default=60, help="with --size: the most calls an arm may spend in a draw")
     ap.add_argument("--writer", default=None, help="a local writer (facsynth.agent.writers) instead of SmolLM2-135M")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--relevance", choices=("anchor", "contrast"), default="anchor",
@@ -127,6 +140,7 @@ def main() -> None:
     full_seed = load_dataset(data / "seed.jsonl")
 
     points: list[dict[str, object]] = []
+    used: dict[str, list[int]] = {arm: [] for arm in ARMS}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="facsynth-proof-") as tmp_name, Store(f"sqlite:///{tmp_name}/proof.db") as store:
         tmp = Path(tmp_name)
@@ -147,10 +161,17 @@ def main() -> None:
                 sets: dict[str, list[tuple[str, str]]] = {}
                 for arm in ARMS:
                     name = f"{arm}-{draw}"
-                    facsynth.synthesize(seed_file, run=name, store=store, reader=reader, client=client, strategy=arm,
-                                        **{k: v for k, v in base.items() if k != "llm"}, llm=llm)
-                    rows = records(store, name)
-                    sets[arm] = [(r["messages"][-1]["content"] if r["messages"] else "", r["label"]) for r in rows if r["label"]]
+                    rep = facsynth.synthesize(seed_file, run=name, store=store, reader=reader, client=client, strategy=arm,
+                                              **{k: v for k, v in base.items() if k != "llm"}, llm=llm)
+                    sets[arm] = usable(store, name)
+                    calls = args.calls
+                    # --size: more calls, --calls at a time, until the arm has that many usable samples
+                    while (args.size and len(sets[arm]) < args.size and calls < args.max_calls
+                           and rep.stop_reason.startswith("budget spent")):
+                        calls = min(args.max_calls, calls + args.calls)
+                        rep = facsynth.resume(name, store=store, reader=reader, client=client, budget={"calls": calls})
+                        sets[arm] = usable(store, name)
+                    used[arm].append(rep.llm_calls)
                 # agent and unguided are compared at their common size; paper joins when it has that many
                 size = min(len(sets["agent"]), len(sets["unguided"]))
                 kept = {arm: rows for arm, rows in sets.items() if len(rows) >= size}
@@ -185,7 +206,11 @@ def main() -> None:
               f"[{p['gain_low']:+.3f}, {p['gain_high']:+.3f}] {p['fac_grown']:>9.1%} {p['fac_set']:>7.1%} "
               f"{p['distinct_2']:>6.3f} {p['self_bleu']:>6.3f} {p['cosine_distance']:>6.3f}")
     print(f"\ntask={args.task}\nseed_size={args.seed_size}\ndraws={args.draws}\ncalls_per_arm={args.calls}\nwriter={args.writer or 'smollm2-135m-instruct'}")
+    print(f"size={args.size}\nmax_calls={args.max_calls}")
     print(f"points={len(points)}\nseconds={time.monotonic() - started:.0f}")
+    for arm in ARMS:
+        if used[arm]:
+            print(f"{arm}_mean_calls={np.mean(used[arm]):.1f}")
     for arm in ARMS:
         mine = [p for p in points if p["arm"] == arm]
         if mine:

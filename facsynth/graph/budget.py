@@ -37,6 +37,14 @@ def stop_reason(summary: Summary, cfg: RunConfig, used: Spent) -> str | None:
     return None
 
 
+def batch_size(cfg: RunConfig, used: Spent) -> int:
+    """Features to target next: the batch, cut to the generator calls the budget has left
+    (each costs one call), so that a run stops at its call budget, not a batch past it."""
+    if cfg.budget.calls is None:
+        return cfg.batch
+    return max(1, min(cfg.batch, cfg.budget.calls - used.calls))
+
+
 def retries_pay(first: int, first_ok: int, retries: int, retries_ok: int) -> bool:
     """Whether a retry with feedback has been at least as likely to be accepted as a first
     attempt on a fresh feature, in this run so far (Laplace-smoothed rates; ties retry)."""

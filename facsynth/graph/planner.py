@@ -30,7 +30,7 @@ from langgraph.runtime import Runtime
 
 from facsynth.db.runs import EXCLUDED_BY_USER, HELD_BACK, FeatureState, Runs
 from facsynth.graph import directives
-from facsynth.graph.budget import retries_pay, spent, stop_reason
+from facsynth.graph.budget import batch_size, retries_pay, spent, stop_reason
 from facsynth.graph.context import RunContext, resources
 from facsynth.graph.state import SynthState
 
@@ -74,7 +74,8 @@ async def planner(state: SynthState, runtime: Runtime[RunContext]) -> SynthState
         if steer.paused:
             return {"batch": [], "stop_reason": "paused by the user"}
         summary = runs.summary(run.id)
-        reason = stop_reason(summary, cfg, spent(res.store, run.name, res.elapsed_s()))
+        used = spent(res.store, run.name, res.elapsed_s())
+        reason = stop_reason(summary, cfg, used)
         if reason is not None:
             return {"batch": [], "stop_reason": reason}
         features = runs.features(run.id)
@@ -97,7 +98,7 @@ async def planner(state: SynthState, runtime: Runtime[RunContext]) -> SynthState
             features = runs.features(run.id)
         fresh = not retries_pay(*runs.yields(run.id))
         if claims is None:
-            pick = choose(features, cfg.batch, strategy=cfg.strategy, focus=steer.focus, exclude=steer.exclude,
+            pick = choose(features, batch_size(cfg, used), strategy=cfg.strategy, focus=steer.focus, exclude=steer.exclude,
                           prefer_fresh=fresh)
             if pick:
                 runs.set_feature_status(run.id, pick, "in_progress", only_from=("pending", "in_progress", "covered"))
@@ -106,7 +107,7 @@ async def planner(state: SynthState, runtime: Runtime[RunContext]) -> SynthState
             free = [f for f in features if f.feature not in busy]
             order = choose(free, len(free), strategy=cfg.strategy, focus=steer.focus, exclude=steer.exclude,
                            prefer_fresh=fresh)
-            pick = claims.claim(order, cfg.batch)
+            pick = claims.claim(order, batch_size(cfg, used))
         if pick:
             log.debug("planner picked %s", pick)
             return {"batch": pick, "stop_reason": None, "loop_step": state.get("loop_step", 0) + 1}

@@ -26,7 +26,7 @@ from facsynth.agent.llm import LLMClient, ReplyParseError
 from facsynth.db.runs import Candidate, Runs, Verdict
 from facsynth.graph import directives
 from facsynth.graph.acceptance import admit, judge_problem, judge_with, verdict_rule
-from facsynth.graph.budget import retries_pay, spent, stop_reason
+from facsynth.graph.budget import batch_size, retries_pay, spent, stop_reason
 from facsynth.graph.config import RunConfig
 from facsynth.graph.context import Resources, RunContext, resources
 from facsynth.graph.state import SynthState
@@ -178,6 +178,9 @@ async def verifier(state: SynthState, runtime: Runtime[RunContext]) -> SynthStat
     if retry and (stop_reason(runs.summary(run.id), cfg, used) is not None or _queue_first(runs, run.id, cfg)):
         runs.set_feature_status(run.id, retry, "pending", only_from=("in_progress",))
         retry = []
+    if len(retry) > (n := batch_size(cfg, used)):  # retry only what the call budget has left calls for
+        runs.set_feature_status(run.id, retry[n:], "pending", only_from=("in_progress",))
+        retry = retry[:n]
     if res.claims is not None:  # settled features are free again; a retry stays this worker's
         res.claims.release(keep=retry)
     return {"batch": retry}
