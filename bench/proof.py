@@ -2,7 +2,7 @@
 track the gain better than text metrics?
 
     python bench/proof.py [--task sms-spam|tweet-sentiment] [--seed-size 6] [--draws 3] [--calls 16]
-                          [--size N --max-calls 60] [--writer NAME] [--relevance anchor|contrast]
+                          [--size N --max-calls 60] [--writer NAME] [--relevance anchor|contrast] [--delta D]
 
 Setup: a shipped labelled set: ``--task sms-spam`` (``facsynth/data/sms_spam``: real SMS,
 spam/ham, positive class spam) or ``--task tweet-sentiment`` (``facsynth/data/tweet_sentiment``:
@@ -126,6 +126,8 @@ def main() -> None:
                     help="F: every feature active on the anchor, or those whose activation separates the anchor's "
                     "positive class from the rest (AUROC >= --auroc; facsynth features relevance --method contrast)")
     ap.add_argument("--auroc", type=float, default=0.7)
+    ap.add_argument("--delta", type=float, default=None, help="activation above which a feature counts as active, for "
+                    "the runs and every FAC figure (default: the SAE's)")
     ap.add_argument("--positive", default=None, help="the positive label (contrast relevance and AUPRC; default: "
                     "the task's rarer class)")
     args = ap.parse_args()
@@ -154,6 +156,9 @@ def main() -> None:
         if args.writer:
             llm |= {"model": args.writer, "server": {"instances": 2, "gguf": args.writer}}
         base = {"task": args.task, "anchor": str(anchor), "target_fac": 1.0, "batch": 2, "budget": {"calls": args.calls}, "llm": llm}
+        if args.delta is not None:
+            base["delta"] = args.delta
+        deltas = {"deltas": [args.delta]} if args.delta is not None else {}
         with open_client(RunConfig.model_validate({**base, "seed": str(data / "seed.jsonl")}).llm, store=store) as client:
             for draw in range(args.draws):
                 seed_rows = [(s.plain_text, str(s.meta["label"])) for s in stratified(full_seed, args.seed_size, np.random.default_rng(draw))]
@@ -187,8 +192,8 @@ def main() -> None:
                 seed_auprc = next(a.auprc.value for a in ev.arms if a.name == "seed")
                 for arm, path in files.items():
                     grown = Dataset("grown", "proof", list(load_dataset(seed_file)) + list(load_dataset(path)))
-                    fac_grown = facsynth.measure(grown, anchor=anchor, reader=reader).coverage[0].fac
-                    alone = facsynth.measure(path, anchor=anchor, reader=reader)
+                    fac_grown = facsynth.measure(grown, anchor=anchor, reader=reader, **deltas).coverage[0].fac
+                    alone = facsynth.measure(path, anchor=anchor, reader=reader, **deltas)
                     gain = gains[path.stem]
                     points.append({
                         "draw": draw, "arm": arm, "n": size, "seed_auprc": seed_auprc, "gain": gain.value,
@@ -206,7 +211,7 @@ def main() -> None:
               f"[{p['gain_low']:+.3f}, {p['gain_high']:+.3f}] {p['fac_grown']:>9.1%} {p['fac_set']:>7.1%} "
               f"{p['distinct_2']:>6.3f} {p['self_bleu']:>6.3f} {p['cosine_distance']:>6.3f}")
     print(f"\ntask={args.task}\nseed_size={args.seed_size}\ndraws={args.draws}\ncalls_per_arm={args.calls}\nwriter={args.writer or 'smollm2-135m-instruct'}")
-    print(f"size={args.size}\nmax_calls={args.max_calls}")
+    print(f"size={args.size}\nmax_calls={args.max_calls}\ndelta={args.delta if args.delta is not None else 'default'}")
     print(f"points={len(points)}\nseconds={time.monotonic() - started:.0f}")
     for arm in ARMS:
         if used[arm]:
