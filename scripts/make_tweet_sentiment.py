@@ -27,12 +27,12 @@ from __future__ import annotations
 import hashlib
 import html
 import io
-import json
-import random
 import re
 import sys
 import tarfile
 from pathlib import Path
+
+from labelled_splits import write_splits
 
 OUT = Path(__file__).resolve().parents[1] / "facsynth" / "data" / "tweet_sentiment"
 INNER = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
@@ -72,21 +72,7 @@ def read_tweets(sdist: Path) -> dict[str, list[str]]:
 def main(sdist: Path) -> None:
     pools = read_tweets(sdist)
     print(f"labelled tweets: {len(pools['negative'])} negative, {len(pools['positive'])} positive")
-    rng = random.Random(0)
-    for label in pools:
-        rng.shuffle(pools[label])
-    OUT.mkdir(parents=True, exist_ok=True)
-    used = {"negative": 0, "positive": 0}
-    for name, n_neg, n_pos in SPLITS:
-        rows = []
-        for label, n in (("negative", n_neg), ("positive", n_pos)):
-            rows += [{"text": t, "label": label} for t in pools[label][used[label] : used[label] + n]]
-            used[label] += n
-        rng.shuffle(rows)
-        with (OUT / f"{name}.jsonl").open("w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        print(f"{name}.jsonl: {len(rows)} ({n_neg} negative, {n_pos} positive)")
+    write_splits(OUT, pools, SPLITS)
     print(f"source sha256 {hashlib.sha256(sdist.read_bytes()).hexdigest()}")
 
 
