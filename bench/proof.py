@@ -16,7 +16,9 @@ or ``--writer``) and the same call budget produce three synthetic sets:
 
 With ``--size N`` each arm keeps calling, ``--calls`` at a time (at most ``--max-calls``),
 until it has N usable labelled samples: sets of one size, as in the paper, whatever each
-cost (the calls each arm spent are printed).
+cost (the calls each arm spent are printed). ``--cut label`` compares the arms at their common
+count of each label instead of their common size, so that no arm wins by holding more of the
+scored class. ``--keep DIR`` keeps the store and sets; ``--rescore DIR`` scores them again.
 
 Every candidate passes the same quality rule (on this labelled task: the label check too).
 Only samples with a label count; the agent and unguided sets are cut to their common size
@@ -28,7 +30,8 @@ Only samples with a label count; the agent and unguided sets are cut to their co
 - FAC of seed + set over the anchor's features, and of the set alone;
 - text metrics of the set: distinct-2, self-BLEU, mean pairwise cosine distance of pooled
   hidden states;
-- across every (draw, arm) point, the Pearson r of each metric with the AUPRC gain.
+- across every (draw, arm) point, the Pearson r of each metric with the AUPRC gain, pooled
+  and within draws (each draw's mean taken out: a weak seed gives every arm a large gain).
 
 Ends with ``name=value`` lines. Whatever it shows is the result: with a tiny writer the
 synthetic sets are small and noisy, and the intervals say how much that matters.
@@ -37,6 +40,7 @@ synthetic sets are small and noisy, and the intervals say how much that matters.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -92,6 +96,30 @@ def usable(store: Store, run: str) -> list[tuple[str, str]]:
     return [(r["messages"][-1]["content"] if r["messages"] else "", r["label"]) for r in rows if r["label"]]
 
 
+def cut(sets: dict[str, list[tuple[str, str]]], how: str) -> tuple[dict[str, list[tuple[str, str]]], str]:
+    """The arms cut to one size: ``size``, agent and unguided to their common size (in
+    acceptance order), or ``label``, to their common count of each label (so that no arm
+    wins by holding more of the scored class). The paper arm joins when it has as many."""
+    if how == "size":
+        size = min(len(sets["agent"]), len(sets["unguided"]))
+        return {arm: rows[:size] for arm, rows in sets.items() if len(rows) >= size and size}, f"{size}"
+    labels = sorted({lab for rows in sets.values() for _, lab in rows})
+    count = {lab: min(sum(r[1] == lab for r in sets[arm]) for arm in ("agent", "unguided")) for lab in labels}
+    out = {}
+    for arm, rows in sets.items():
+        if all(sum(r[1] == lab for r in rows) >= n for lab, n in count.items()) and sum(count.values()):
+            out[arm] = [r for lab in labels for r in [r for r in rows if r[1] == lab][: count[lab]]]
+    return out, " + ".join(f"{n} {lab}" for lab, n in count.items())
+
+
+def within_draw(points: list[dict[str, object]], key: str) -> list[float]:
+    """``key`` of every point minus the mean of its draw's points."""
+    by_draw: dict[object, list[float]] = {}
+    for p in points:
+        by_draw.setdefault(p["draw"], []).append(float(p[key]))
+    return [float(p[key]) - float(np.mean(by_draw[p["draw"]])) for p in points]
+
+
 def pearson(x: list[float], y: list[float]) -> float:
     a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(a) < 3 or a.std() == 0 or b.std() == 0:
@@ -128,6 +156,11 @@ def main() -> None:
     ap.add_argument("--auroc", type=float, default=0.7)
     ap.add_argument("--delta", type=float, default=None, help="activation above which a feature counts as active, for "
                     "the runs and every FAC figure (default: the SAE's)")
+    ap.add_argument("--cut", choices=("size", "label"), default="size", help="compare the arms at their common size, "
+                    "or at their common count of each label")
+    ap.add_argument("--keep", default=None, help="keep the store and the sets in this directory (to --rescore later)")
+    ap.add_argument("--rescore", default=None, help="score the runs kept by --keep in this directory again (another "
+                    "--cut); generates nothing")
     ap.add_argument("--positive", default=None, help="the positive label (contrast relevance and AUPRC; default: "
                     "the task's rarer class)")
     args = ap.parse_args()
@@ -144,10 +177,14 @@ def main() -> None:
     points: list[dict[str, object]] = []
     used: dict[str, list[int]] = {arm: [] for arm in ARMS}
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="facsynth-proof-") as tmp_name, Store(f"sqlite:///{tmp_name}/proof.db") as store:
+    keep = args.rescore or args.keep
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+    with (contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory(prefix="facsynth-proof-")) as tmp_name, \
+            Store(f"sqlite:///{tmp_name}/proof.db") as store:
         tmp = Path(tmp_name)
         reader = Reader(store=store)
-        if args.relevance == "contrast":
+        if args.relevance == "contrast" and not args.rescore:
             resolve_task(Catalog(store), args.task)
             rel = contrast_relevance(reader, load_dataset(anchor), args.task, threshold=args.auroc, positive=[args.positive])
             print(f"F by contrast on the anchor: {len(rel.selected)} features with AUROC >= {args.auroc:g} "
@@ -159,12 +196,15 @@ def main() -> None:
         if args.delta is not None:
             base["delta"] = args.delta
         deltas = {"deltas": [args.delta]} if args.delta is not None else {}
-        with open_client(RunConfig.model_validate({**base, "seed": str(data / "seed.jsonl")}).llm, store=store) as client:
+        client_cfg = RunConfig.model_validate({**base, "seed": str(data / "seed.jsonl")}).llm
+        with (contextlib.nullcontext() if args.rescore else open_client(client_cfg, store=store)) as client:
             for draw in range(args.draws):
                 seed_rows = [(s.plain_text, str(s.meta["label"])) for s in stratified(full_seed, args.seed_size, np.random.default_rng(draw))]
                 seed_file = write_jsonl(tmp / f"seed-{draw}.jsonl", seed_rows)
                 sets: dict[str, list[tuple[str, str]]] = {}
-                for arm in ARMS:
+                if args.rescore:
+                    sets = {arm: usable(store, f"{arm}-{draw}") for arm in ARMS}
+                for arm in ARMS if not args.rescore else ():
                     name = f"{arm}-{draw}"
                     rep = facsynth.synthesize(seed_file, run=name, store=store, reader=reader, client=client, strategy=arm,
                                               **{k: v for k, v in base.items() if k != "llm"}, llm=llm)
@@ -177,15 +217,16 @@ def main() -> None:
                         rep = facsynth.resume(name, store=store, reader=reader, client=client, budget={"calls": calls})
                         sets[arm] = usable(store, name)
                     used[arm].append(rep.llm_calls)
-                # agent and unguided are compared at their common size; paper joins when it has that many
-                size = min(len(sets["agent"]), len(sets["unguided"]))
-                kept = {arm: rows for arm, rows in sets.items() if len(rows) >= size}
-                print(f"draw {draw}: usable labelled samples " + ", ".join(f"{a} {len(v)}" for a, v in sets.items())
-                      + f"; arms cut to {size}" + "".join(f", {a} left out (too few)" for a in sets if a not in kept),
-                      flush=True)
-                if size == 0:
+                kept, shown = cut(sets, args.cut)
+                labels = sorted({lab for rows in sets.values() for _, lab in rows})
+                print(f"draw {draw}: usable labelled samples " + ", ".join(
+                      f"{a} {len(v)} ({', '.join(f'{sum(r[1] == lab for r in v)} {lab}' for lab in labels)})"
+                      for a, v in sets.items()) + f"; arms cut to {shown}"
+                      + "".join(f", {a} left out (too few)" for a in sets if a not in kept), flush=True)
+                if not kept:
                     continue
-                files = {arm: write_jsonl(tmp / f"{arm}-{draw}.jsonl", rows[:size]) for arm, rows in kept.items()}
+                size = len(kept["agent"])
+                files = {arm: write_jsonl(tmp / f"{arm}-{draw}.jsonl", rows) for arm, rows in kept.items()}
                 ev = facsynth.evaluate(seed_file, test, add=list(files.values()), model=reader.subject,
                                        config=EvalConfig(bootstrap=args.bootstrap, rng_seed=draw, positive=[args.positive]))
                 gains = {arm.name: arm.auprc_gain for arm in ev.arms if arm.auprc_gain is not None}
@@ -210,7 +251,11 @@ def main() -> None:
         print(f"{p['draw']:>4} {p['arm']:9} {p['n']:>3} {p['seed_auprc']:>10.3f} {p['gain']:>+7.3f} "
               f"[{p['gain_low']:+.3f}, {p['gain_high']:+.3f}] {p['fac_grown']:>9.1%} {p['fac_set']:>7.1%} "
               f"{p['distinct_2']:>6.3f} {p['self_bleu']:>6.3f} {p['cosine_distance']:>6.3f}")
-    print(f"\ntask={args.task}\nseed_size={args.seed_size}\ndraws={args.draws}\ncalls_per_arm={args.calls}\nwriter={args.writer or 'smollm2-135m-instruct'}")
+    print(f"\ntask={args.task}\nseed_size={args.seed_size}\ndraws={args.draws}\ncut={args.cut}")
+    if args.rescore:
+        print(f"rescored={args.rescore}")
+    else:
+        print(f"calls_per_arm={args.calls}\nwriter={args.writer or 'smollm2-135m-instruct'}")
     print(f"size={args.size}\nmax_calls={args.max_calls}\ndelta={args.delta if args.delta is not None else 'default'}")
     print(f"points={len(points)}\nseconds={time.monotonic() - started:.0f}")
     for arm in ARMS:
@@ -232,6 +277,10 @@ def main() -> None:
     gains = [float(p["gain"]) for p in points]
     for metric in ("fac_grown", "fac_set", "distinct_2", "self_bleu", "cosine_distance"):
         print(f"pearson_gain_{metric}={pearson([float(p[metric]) for p in points], gains):.3f}")
+    # within draws: each draw's mean taken out, so that a seed's own headroom (large gains and
+    # low FAC for every arm of a weak seed) does not pass for an effect of the metric
+    for metric in ("fac_grown", "fac_set", "distinct_2", "self_bleu", "cosine_distance"):
+        print(f"pearson_within_draw_gain_{metric}={pearson(within_draw(points, metric), within_draw(points, 'gain')):.3f}")
 
 
 if __name__ == "__main__":
