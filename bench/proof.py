@@ -144,6 +144,7 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="a directory with seed/test/anchor.jsonl (default: the task's shipped set)")
     ap.add_argument("--seed-size", type=int, default=6)
     ap.add_argument("--draws", type=int, default=3)
+    ap.add_argument("--first-draw", type=int, default=0, help="number of the first draw (add draws to a --keep directory)")
     ap.add_argument("--calls", type=int, default=16, help="generator calls per arm and draw")
     ap.add_argument("--size", type=int, default=0, help="keep calling, --calls at a time, until each arm has this many "
                     "usable labelled samples (sets of one size, not of one cost; 0: one --calls budget per arm)")
@@ -198,7 +199,7 @@ def main() -> None:
         deltas = {"deltas": [args.delta]} if args.delta is not None else {}
         client_cfg = RunConfig.model_validate({**base, "seed": str(data / "seed.jsonl")}).llm
         with (contextlib.nullcontext() if args.rescore else open_client(client_cfg, store=store)) as client:
-            for draw in range(args.draws):
+            for draw in range(args.first_draw, args.first_draw + args.draws):
                 seed_rows = [(s.plain_text, str(s.meta["label"])) for s in stratified(full_seed, args.seed_size, np.random.default_rng(draw))]
                 seed_file = write_jsonl(tmp / f"seed-{draw}.jsonl", seed_rows)
                 sets: dict[str, list[tuple[str, str]]] = {}
