@@ -5,8 +5,9 @@ string or a remark about the instructions fires dozens. The rule, applied to pos
 negatives alike:
 
 * **text** (no model): enough words, not an echo of the reply format, no talk about the
-  instructions (:data:`META`) nor their markup copied (:data:`PROMPT_MARKUP`), no slot left to
-  fill (:data:`PLACEHOLDER`);
+  instructions (:data:`META`) nor their markup copied (:data:`PROMPT_MARKUP`; the generator
+  first removes marks a writer copied around words of its own sentence, :func:`unmark`), no
+  slot left to fill (:data:`PLACEHOLDER`);
 * **fluent**: the subject model's mean per-token loss (negative log-likelihood of the
   content tokens, a full forward to the logits) is at most ``max_loss``, and the share of
   its whitespace-separated pieces that are words (letters, with punctuation around them) is
