@@ -6,9 +6,10 @@ track the gain better than text metrics?
 
 Setup: a shipped labelled set: ``--task sms-spam`` (``facsynth/data/sms_spam``: real SMS,
 spam/ham, positive class spam) or ``--task tweet-sentiment`` (``facsynth/data/tweet_sentiment``:
-human-rated tweets, negative/positive, positive class negative). For each draw, a small real seed of ``--seed-size`` messages (class-stratified, rng = draw) is the
-data to extend. From it, the same generator (the embedded llama.cpp server: SmolLM2-135M,
-or ``--writer``) and the same call budget produce three synthetic sets:
+human-rated tweets, negative/positive, positive class negative). For each draw, a small real
+seed of ``--seed-size`` messages (class-stratified, rng = draw) is the data to extend. From
+it, the same generator (the embedded llama.cpp server: SmolLM2-135M, or ``--writer``) and the
+same call budget produce three synthetic sets:
 
 - ``agent``: FAC-guided synthesis (contrastive pairs, verifier feedback, retries);
 - ``paper``: the authors' fixed two steps per feature;
@@ -22,7 +23,8 @@ scored class. ``--keep DIR`` keeps the store and sets; ``--rescore DIR`` scores 
 
 Every candidate passes the same quality rule (on this labelled task: the label check too).
 Only samples with a label count; the agent and unguided sets are cut to their common size
-(in acceptance order), and the paper set joins the comparison when it has that many. Then:
+(in acceptance order; or label by label, ``--cut label``), and the paper set joins the
+comparison when it has that many. Then:
 
 - downstream: ``facsynth.evaluate`` trains the head-only probe (logistic regression on
   frozen mean-pooled hidden states) on the seed alone and on seed + each set, scored on the
@@ -203,10 +205,11 @@ def main() -> None:
                 seed_rows = [(s.plain_text, str(s.meta["label"])) for s in stratified(full_seed, args.seed_size, np.random.default_rng(draw))]
                 seed_file = write_jsonl(tmp / f"seed-{draw}.jsonl", seed_rows)
                 sets: dict[str, list[tuple[str, str]]] = {}
-                if args.rescore:
-                    sets = {arm: usable(store, f"{arm}-{draw}") for arm in ARMS}
-                for arm in ARMS if not args.rescore else ():
+                for arm in ARMS:
                     name = f"{arm}-{draw}"
+                    if args.rescore:
+                        sets[arm] = usable(store, name)
+                        continue
                     rep = facsynth.synthesize(seed_file, run=name, store=store, reader=reader, client=client, strategy=arm,
                                               **{k: v for k, v in base.items() if k != "llm"}, llm=llm)
                     sets[arm] = usable(store, name)
