@@ -2,7 +2,8 @@
 track the gain better than text metrics?
 
     python bench/proof.py [--task sms-spam|tweet-sentiment] [--seed-size 6] [--draws 3] [--calls 16]
-                          [--size N --max-calls 60] [--writer NAME] [--relevance anchor|contrast] [--delta D]
+                          [--size N --max-calls 60] [--writer NAME] [--relevance anchor|contrast]
+                          [--delta D|anchor[:Q]] [--sae SAE]
 
 Setup: a shipped labelled set: ``--task sms-spam`` (``facsynth/data/sms_spam``: real SMS,
 spam/ham, positive class spam) or ``--task tweet-sentiment`` (``facsynth/data/tweet_sentiment``:
@@ -60,7 +61,7 @@ from facsynth.db import Store  # noqa: E402
 from facsynth.agent.tasks import resolve_task  # noqa: E402
 from facsynth.db.catalog import Catalog  # noqa: E402
 from facsynth.tools.export import records  # noqa: E402
-from facsynth.tools.relevance import contrast_relevance  # noqa: E402
+from facsynth.tools.relevance import anchor_delta, contrast_relevance, task_features  # noqa: E402
 from facsynth.graph.config import RunConfig  # noqa: E402
 from facsynth.tools.datasets import Dataset, Sample, load_dataset  # noqa: E402
 from facsynth.tools.downstream import EvalConfig  # noqa: E402
@@ -157,8 +158,11 @@ def main() -> None:
                     help="F: every feature active on the anchor, or those whose activation separates the anchor's "
                     "positive class from the rest (AUROC >= --auroc; facsynth features relevance --method contrast)")
     ap.add_argument("--auroc", type=float, default=0.7)
-    ap.add_argument("--delta", type=float, default=None, help="activation above which a feature counts as active, for "
-                    "the runs and every FAC figure (default: the SAE's)")
+    ap.add_argument("--delta", default=None, help="activation above which a feature counts as active, for the runs and "
+                    "every FAC figure: a number, or 'anchor[:Q]', the Q quantile (default 0.5) of F's activations on "
+                    "the anchor (default: the SAE's recommended delta)")
+    ap.add_argument("--sae", default=None, help="the SAE: a folder, a shipped SAE's name or release:id (default: the "
+                    "shipped default)")
     ap.add_argument("--cut", choices=("size", "label"), default="size", help="compare the arms at their common size, "
                     "or at their common count of each label")
     ap.add_argument("--keep", default=None, help="keep the store and the sets in this directory (to --rescore later)")
@@ -186,16 +190,28 @@ def main() -> None:
     with (contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory(prefix="facsynth-proof-")) as tmp_name, \
             Store(f"sqlite:///{tmp_name}/proof.db") as store:
         tmp = Path(tmp_name)
-        reader = Reader(store=store)
+        reader = Reader(sae=args.sae, store=store)
         if args.relevance == "contrast" and not args.rescore:
             resolve_task(Catalog(store), args.task)
             rel = contrast_relevance(reader, load_dataset(anchor), args.task, threshold=args.auroc, positive=[args.positive])
             print(f"F by contrast on the anchor: {len(rel.selected)} features with AUROC >= {args.auroc:g} "
                   f"({rel.n_positive} {args.positive} vs {rel.n_other} other; {rel.by_chance} with shuffled labels)", flush=True)
+        if args.delta is not None and str(args.delta).startswith("anchor"):
+            q = float(str(args.delta).partition(":")[2] or 0.5)
+            if args.relevance == "contrast":  # F as stored by contrast_relevance (this run's or the kept one's)
+                features = task_features(reader, args.task)
+            else:
+                features = np.unique(np.concatenate([sf.feature_ids for sf, _ in reader.read(load_dataset(anchor))]))
+            args.delta = round(anchor_delta(reader, load_dataset(anchor), features, quantile=q), 3)
+            print(f"delta from the anchor: the {q:g} quantile of F's activations there = {args.delta:g}", flush=True)
+        elif args.delta is not None:
+            args.delta = float(args.delta)
         llm = {"temperature": 0.8, "top_p": 0.9, "max_tokens": 320, "max_concurrency": 2, "server": {"instances": 2}}
         if args.writer:
             llm |= {"model": args.writer, "server": {"instances": 2, "gguf": args.writer}}
         base = {"task": args.task, "anchor": str(anchor), "target_fac": 1.0, "batch": 2, "budget": {"calls": args.calls}, "llm": llm}
+        if args.sae:
+            base["sae"] = args.sae
         if args.delta is not None:
             base["delta"] = args.delta
         deltas = {"deltas": [args.delta]} if args.delta is not None else {}
@@ -261,6 +277,7 @@ def main() -> None:
     else:
         print(f"calls_per_arm={args.calls}\nwriter={args.writer or 'smollm2-135m-instruct'}")
     print(f"size={args.size}\nmax_calls={args.max_calls}\ndelta={args.delta if args.delta is not None else 'default'}")
+    print(f"sae={args.sae or 'default'}")
     print(f"points={len(points)}\nseconds={time.monotonic() - started:.0f}")
     for arm in ARMS:
         if used[arm]:

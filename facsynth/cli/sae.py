@@ -31,7 +31,7 @@ def import_cmd(
 
 @app.command("train")
 def train_cmd(
-    corpus: Path = typer.Option(..., "--corpus", help="Text file (documents split by blank lines) or JSONL with 'text' or 'messages' rows."),
+    corpus: list[Path] = typer.Option(..., "--corpus", help="Text file (documents split by blank lines) or JSONL with 'text' or 'messages' rows; repeat to train on several."),
     out: Path = typer.Option(..., "--out", help="Directory to write the SAE to."),
     model: str = typer.Option("default", "--model", help="Subject model: 'default', a .gguf file, a model directory or a hub id."),
     layer: int = typer.Option(15, "--layer", help="0-based decoder block whose output the SAE reads."),

@@ -159,6 +159,26 @@ def contrast_relevance(
     )
 
 
+def anchor_delta(reader: Reader, dataset: Dataset, features: Iterable[int], *, quantile: float = 0.5) -> float:
+    """A delta read off the task's own text: the ``quantile`` of the activations
+    a_i(x) > 0 of ``features`` over the samples of ``dataset`` (the anchor).
+
+    At the median, a feature of F counts as active on a sample where it fires at least as
+    strongly as it does in half of its firings on real task text: a bar that text of the
+    task's kind reaches, whatever corpus the SAE's own recommended delta was set on.
+    """
+    if not 0 < quantile < 1:
+        raise InputError(f"the delta quantile must lie in (0, 1); got {quantile}")
+    wanted = np.asarray(sorted({int(f) for f in features}), dtype=np.int64)
+    if wanted.size == 0:
+        raise InputError("no features to set a delta from")
+    acts = [sf.max_acts[np.isin(sf.feature_ids, wanted)] for sf, _ in reader.read(dataset)]
+    pooled = np.concatenate(acts) if acts else np.zeros(0, dtype=np.float32)
+    if pooled.size == 0:
+        raise InputError(f"none of the {wanted.size} features fires on {dataset.name}: no delta to read off it")
+    return float(np.quantile(pooled, quantile))
+
+
 def task_features(reader: Reader, task: str) -> np.ndarray:
     """The task's relevant feature ids for this reader; a one-line error when there are none."""
     if reader.store is None:

@@ -4,6 +4,8 @@ An SAE is named by a spec string:
 
 * ``None`` or ``default``: the SAE this package ships for the default model
   (``facsynth/data/sae/<DEFAULT_SAE>/``);
+* the name of another SAE the package ships (a folder of ``facsynth/data/sae/``, e.g.
+  ``smollm2-135m-l15-w4096-k32-real``, trained on the chat corpus plus real human text);
 * a local directory in sae-lens's on-disk format (``cfg.json`` +
   ``sae_weights.safetensors``), loaded with ``SAE.load_from_disk``;
 * ``release:sae_id``: a pretrained SAE from sae-lens's directory, downloaded with
@@ -239,6 +241,8 @@ def load_sae(
             raise SAEError(f"the default SAE is missing from the installed package ({folder}); reinstall facsynth")
         return _load_dir(folder, device=device, dtype=dtype, activation=activation)
     path = Path(spec_str).expanduser()
+    if not path.exists() and re.fullmatch(r"[a-z0-9][a-z0-9._-]*", spec_str) and paths.shipped("sae", spec_str).is_dir():
+        path = paths.shipped("sae", spec_str)
     if path.exists() or spec_str.startswith((".", "/", "~")) or ":" not in spec_str:
         return _load_dir(path, device=device, dtype=dtype, activation=activation)
     release, _, sae_id = spec_str.partition(":")

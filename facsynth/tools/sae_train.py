@@ -45,8 +45,9 @@ Progress = Callable[[str, int, int], None]
 class TrainConfig:
     """What ``facsynth sae train`` does; one field per CLI option."""
 
-    corpus: Path
-    """Text file (documents split by blank lines) or JSONL with ``text`` or ``messages`` rows."""
+    corpus: Path | list[Path]
+    """Text file (documents split by blank lines) or JSONL with ``text`` or ``messages`` rows;
+    or a list of such files, read in order as one corpus (kept as a list)."""
     out: Path
     """Directory to write the SAE to (sae-lens format plus facsynth.json)."""
     model: str = "default"
@@ -72,7 +73,8 @@ class TrainConfig:
     """Samples per language-model forward pass when collecting activations."""
 
     def __post_init__(self) -> None:
-        self.corpus = Path(self.corpus).expanduser()
+        files = self.corpus if isinstance(self.corpus, (list, tuple)) else [self.corpus]
+        self.corpus = [Path(f).expanduser() for f in files]
         self.out = Path(self.out).expanduser()
         problems = []
         if self.width < 1:
@@ -89,6 +91,8 @@ class TrainConfig:
             problems.append(f"lr must be positive, got {self.lr}")
         if not 0 < self.holdout < 1:
             problems.append(f"holdout must be between 0 and 1, got {self.holdout}")
+        if not self.corpus:
+            problems.append("at least one corpus file is needed")
         if problems:
             raise InputError("; ".join(problems))
 
@@ -264,19 +268,20 @@ class CorpusActivations:
 
 def corpus_activations(cfg: TrainConfig, subject: Any, *, progress: Progress | None = None) -> CorpusActivations:
     """Read ``cfg.corpus`` through the model once; split samples into training and held-out."""
-    rows = read_corpus(cfg.corpus)
+    rows = [row for file in cfg.corpus for row in read_corpus(file)]
+    names = ", ".join(str(f) for f in cfg.corpus)
     layer = subject.check_layer(cfg.layer)
     hook = subject.hook_name(layer)
     samples = [tokenize_row(subject.tokenizer, row, cfg.context_size) for row in rows]
     samples = [s for s in samples if any(s[1])]
     if len(samples) < 2:
-        raise InputError(f"corpus {cfg.corpus} has fewer than two samples with content tokens")
+        raise InputError(f"corpus {names} has fewer than two samples with content tokens")
     rng = random.Random(cfg.seed)
     order = list(range(len(samples)))
     rng.shuffle(order)
     n_eval = max(1, round(len(samples) * cfg.holdout))
     eval_ids, train_ids = sorted(order[:n_eval]), sorted(order[n_eval:])
-    log.info("corpus %s: %d samples (%d held out); collecting block %d activations", cfg.corpus, len(samples), n_eval, layer)
+    log.info("corpus %s: %d samples (%d held out); collecting block %d activations", names, len(samples), n_eval, layer)
     acts = collect_activations(subject, layer, samples, batch_size=cfg.model_batch_size, progress=progress)
     offsets = [0]
     for _, content in samples:
@@ -290,8 +295,8 @@ def corpus_activations(cfg: TrainConfig, subject: Any, *, progress: Progress | N
         hook_name=hook,
         samples=len(samples),
         eval_samples=len(eval_ids),
-        corpus_file=cfg.corpus.name,
-        corpus_sha256=file_hash(cfg.corpus),
+        corpus_file=" + ".join(f.name for f in cfg.corpus),
+        corpus_sha256=" + ".join(file_hash(f) for f in cfg.corpus),
     )
 
 

@@ -18,6 +18,7 @@ from facsynth.errors import InputError
 from facsynth.records import SampleFeatures
 from facsynth.tools.datasets import Dataset, Sample
 from facsynth.tools.relevance import (
+    anchor_delta,
     auroc_by_feature,
     average_ranks,
     contrast_relevance,
@@ -141,3 +142,18 @@ def test_contrast_relevance_selects_the_planted_feature_and_measure_uses_it(read
     assert "relevant to task toxicity" in rep.feature_set
     with pytest.raises(InputError, match="either a task or a feature file"):
         measure(seed2, task="toxicity", features=[1], reader=reader)
+
+
+@pytest.mark.slow
+def test_anchor_delta_is_the_quantile_of_the_features_own_firings(reader) -> None:
+    # feature 3 fires at 1, 2, 3, 4 over four samples and feature 9 at 100 (not in F): the median of
+    # F's firings is 2.5, and feature 9's large activations do not move it
+    rows = [SampleFeatures(f"s{i}", 5, np.array([3, 9], np.int32), np.array([a, 100.0], np.float32)) for i, a in enumerate([1.0, 2.0, 3.0, 4.0])]
+    anchor = _stored_dataset(reader, "anchor", rows)
+    assert anchor_delta(reader, anchor, [3]) == pytest.approx(2.5)
+    assert anchor_delta(reader, anchor, [3], quantile=0.75) == pytest.approx(3.25)
+    assert anchor_delta(reader, anchor, [3, 9]) > 4  # half of all firings are feature 9's
+    with pytest.raises(InputError, match="none of the 1 features fires"):
+        anchor_delta(reader, anchor, [11])
+    with pytest.raises(InputError, match="quantile must lie in"):
+        anchor_delta(reader, anchor, [3], quantile=1.0)

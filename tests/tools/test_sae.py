@@ -256,6 +256,22 @@ def test_shipped_corpus_is_the_one_the_default_sae_records():
     assert recorded["sha256"] == file_hash(corpus)  # the SAE was trained on exactly this file
 
 
+def test_the_real_text_sae_ships_under_its_name_and_never_read_the_tweet_splits():
+    sae = load_sae("smollm2-135m-l15-w4096-k32-real")  # a shipped SAE's name, not a path
+    assert (sae.d_sae, sae.d_in, sae.layer, sae.model_name) == (4096, 576, 15, "smollm2-135m-instruct")
+    files = [paths.shipped("corpus", "corpus.jsonl.gz"), paths.shipped("corpus", "real_snippets.jsonl.gz")]
+    assert sae.facts["corpus"]["sha256"] == " + ".join(file_hash(f) for f in files)
+    real = read_corpus(files[1])
+    assert len(real) > 20_000
+    norm = {" ".join(r["text"].lower().split()) for r in real}
+    for split in ("seed", "more", "test", "anchor"):
+        with open(paths.shipped("tweet_sentiment", f"{split}.jsonl"), encoding="utf-8") as f:
+            tweets = [" ".join(json.loads(line)["text"].lower().split()) for line in f if line.strip()]
+        assert tweets and not norm.intersection(tweets), f"the SAE's corpus holds tweets of {split}.jsonl"
+    with pytest.raises(SAEError):
+        load_sae("no-such-shipped-sae")
+
+
 # -- FAC with the default reading on the shipped demo prompts ----------------------------
 
 @pytest.fixture(scope="module")
@@ -332,14 +348,17 @@ def test_training_reads_only_message_contents(subject):
 
 @pytest.mark.slow
 def test_sae_train_end_to_end(tmp_path):
-    rows = read_corpus(paths.shipped("corpus", "corpus.jsonl.gz"))[:24]
+    # two corpora, read as one: 16 chats and 8 real snippets
+    rows = read_corpus(paths.shipped("corpus", "corpus.jsonl.gz"))[:16]
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    real = tmp_path / "real.jsonl"
+    real.write_text("".join(json.dumps(r) + "\n" for r in read_corpus(paths.shipped("corpus", "real_snippets.jsonl.gz"))[:8]))
     out = tmp_path / "sae"
     result = runner.invoke(
         app,
-        ["sae", "train", "--corpus", str(corpus), "--out", str(out), "--layer", "3", "--width", "64", "--k", "8",
-         "--tokens", "20000", "--batch-size", "128", "--context-size", "48"],
+        ["sae", "train", "--corpus", str(corpus), "--corpus", str(real), "--out", str(out), "--layer", "3", "--width", "64",
+         "--k", "8", "--tokens", "20000", "--batch-size", "128", "--context-size", "48"],
     )
     assert result.exit_code == 0, result.output
     assert "explained variance" in result.output
@@ -353,3 +372,5 @@ def test_sae_train_end_to_end(tmp_path):
     assert quality["l0_relu"] >= quality["l0_topk"]
     assert 0 <= quality["dead_fraction"] <= 1
     assert facts["corpus"]["samples"] == 24 and facts["training"]["tokens"] >= 19900
+    assert facts["corpus"]["file"] == "corpus.jsonl + real.jsonl"
+    assert facts["corpus"]["sha256"] == f"{file_hash(corpus)} + {file_hash(real)}"
