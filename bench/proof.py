@@ -3,7 +3,7 @@ track the gain better than text metrics?
 
     python bench/proof.py [--task sms-spam|tweet-sentiment] [--seed-size 6] [--draws 3] [--calls 16]
                           [--size N --max-calls 60] [--writer NAME] [--relevance anchor|contrast]
-                          [--delta D|anchor[:Q]] [--sae SAE]
+                          [--delta D|anchor[:Q]] [--sae SAE] [--negative-min-new N]
 
 Setup: a shipped labelled set: ``--task sms-spam`` (``facsynth/data/sms_spam``: real SMS,
 spam/ham, positive class spam) or ``--task tweet-sentiment`` (``facsynth/data/tweet_sentiment``:
@@ -161,6 +161,8 @@ def main() -> None:
     ap.add_argument("--delta", default=None, help="activation above which a feature counts as active, for the runs and "
                     "every FAC figure: a number, or 'anchor[:Q]', the Q quantile (default 0.5) of F's activations on "
                     "the anchor (default: the SAE's recommended delta)")
+    ap.add_argument("--negative-min-new", type=int, default=None, help="missing features an accepted negative, or a "
+                    "usable positive that missed its target, must cover to join a guided arm's data (default: the run's, 3)")
     ap.add_argument("--sae", default=None, help="the SAE: a folder, a shipped SAE's name or release:id (default: the "
                     "shipped default)")
     ap.add_argument("--cut", choices=("size", "label"), default="size", help="compare the arms at their common size, "
@@ -205,13 +207,18 @@ def main() -> None:
             args.delta = round(anchor_delta(reader, load_dataset(anchor), features, quantile=q), 3)
             print(f"delta from the anchor: the {q:g} quantile of F's activations there = {args.delta:g}", flush=True)
         elif args.delta is not None:
-            args.delta = float(args.delta)
+            try:
+                args.delta = float(args.delta)
+            except ValueError:
+                sys.exit(f"--delta: a number or anchor[:Q], not {args.delta!r}")
         llm = {"temperature": 0.8, "top_p": 0.9, "max_tokens": 320, "max_concurrency": 2, "server": {"instances": 2}}
         if args.writer:
             llm |= {"model": args.writer, "server": {"instances": 2, "gguf": args.writer}}
         base = {"task": args.task, "anchor": str(anchor), "target_fac": 1.0, "batch": 2, "budget": {"calls": args.calls}, "llm": llm}
         if args.sae:
             base["sae"] = args.sae
+        if args.negative_min_new is not None:
+            base["negative_min_new"] = args.negative_min_new
         if args.delta is not None:
             base["delta"] = args.delta
         deltas = {"deltas": [args.delta]} if args.delta is not None else {}
@@ -277,7 +284,7 @@ def main() -> None:
     else:
         print(f"calls_per_arm={args.calls}\nwriter={args.writer or 'smollm2-135m-instruct'}")
     print(f"size={args.size}\nmax_calls={args.max_calls}\ndelta={args.delta if args.delta is not None else 'default'}")
-    print(f"sae={args.sae or 'default'}")
+    print(f"sae={args.sae or 'default'}\nnegative_min_new={args.negative_min_new if args.negative_min_new is not None else 'default'}")
     print(f"points={len(points)}\nseconds={time.monotonic() - started:.0f}")
     for arm in ARMS:
         if used[arm]:
