@@ -173,6 +173,11 @@ def main() -> None:
     ap.add_argument("--positive", default=None, help="the positive label (contrast relevance and AUPRC; default: "
                     "the task's rarer class)")
     args = ap.parse_args()
+    if args.delta is not None and not str(args.delta).startswith("anchor"):
+        try:  # before any model is loaded: a bad --delta stops at once, with one line
+            args.delta = float(args.delta)
+        except ValueError:
+            sys.exit(f"--delta: a number or anchor[:Q], not {args.delta!r}")
     shipped, rare = LABELLED.get(args.task, (None, None))
     if args.data is None and shipped is None:
         sys.exit(f"--task {args.task} has no shipped labelled set: give --data and --positive")
@@ -206,11 +211,6 @@ def main() -> None:
                 features = np.unique(np.concatenate([sf.feature_ids for sf, _ in reader.read(load_dataset(anchor))]))
             args.delta = round(anchor_delta(reader, load_dataset(anchor), features, quantile=q), 3)
             print(f"delta from the anchor: the {q:g} quantile of F's activations there = {args.delta:g}", flush=True)
-        elif args.delta is not None:
-            try:
-                args.delta = float(args.delta)
-            except ValueError:
-                sys.exit(f"--delta: a number or anchor[:Q], not {args.delta!r}")
         llm = {"temperature": 0.8, "top_p": 0.9, "max_tokens": 320, "max_concurrency": 2, "server": {"instances": 2}}
         if args.writer:
             llm |= {"model": args.writer, "server": {"instances": 2, "gguf": args.writer}}
