@@ -26,7 +26,7 @@ from facsynth.graph.config import RunConfig
 from facsynth.records import SampleFeatures
 from facsynth.tools.datasets import Sample, sample_from_row
 from facsynth.tools.reader import Reader
-from facsynth.tools.quality import Calibration, TopicIndex
+from facsynth.tools.quality import Calibration, CopyIndex, TopicIndex
 from facsynth.tools.candidates import DuplicateIndex, Verifier, span_text, text_hash
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class Resources:
     _dups_own: set[int] = field(default_factory=set)
     _topic: TopicIndex | None = None
     _seed: list[tuple[str, str | None]] | None = None
+    _copies: CopyIndex | None = None
 
     @property
     def runs(self) -> Runs:
@@ -127,6 +128,19 @@ class Resources:
                 return None, None
             self._topic = TopicIndex(np.stack(pooled), k=cal.k)
         return cal, self._topic
+
+    def copies(self) -> CopyIndex:
+        """The seed's and the anchor's texts, for the copy check (a candidate that repeats a
+        run of their words is no new sample)."""
+        if self._copies is None:
+            setup = self.run.config.get("setup", {})
+            seed_id = setup.get("seed_dataset_id")
+            rows = self.store.dataset_samples(int(seed_id)) if seed_id is not None else []
+            self._copies = CopyIndex(
+                [(f"seed sample {i + 1}", sample_from_row(p).plain_text) for i, (_, p) in enumerate(rows)]
+                + [(f"anchor sample {i + 1}", s.plain_text) for i, (s, _) in enumerate(self.anchor)]
+            )
+        return self._copies
 
     def seed_examples(self, slot: int, n: int = 3) -> list[tuple[str, str | None]]:
         """``n`` seed samples (text, label) for the unguided strategy's call ``slot``: drawn

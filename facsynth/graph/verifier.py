@@ -47,11 +47,15 @@ log = logging.getLogger(__name__)
 
 
 async def _judge_all(res: Resources, cfg: RunConfig, pairs: list[tuple[Candidate, Reading]], run_name: str) -> list[Verdict]:
-    """Verdicts on one batch: text checks, then the model checks (one forward for the batch),
-    duplicates and the target; the LLM judge (``quality_judge``) last, on those still accepted."""
+    """Verdicts on one batch: text checks (copies of the seed's or the anchor's text included),
+    then the model checks (one forward for the batch), duplicates and the target; the LLM judge (``quality_judge``) last, on those still accepted."""
     dups = res.duplicates()
     samples = [Sample(**c.payload) for c, _ in pairs]
     problems: list[Problem | None] = [text_problem(s, min_words=cfg.min_words, echoes=REPLY_ECHOES) for s in samples]
+    copies = res.copies()
+    for i, ((c, _), s) in enumerate(zip(pairs, samples)):
+        if problems[i] is None and c.text_hash not in dups.hashes:  # the same text as a seed sample: a duplicate
+            problems[i] = copies.problem(s.plain_text)
     checks: list[dict[str, Any] | None] = [None] * len(pairs)
     cal, index = res.quality()
     todo = [i for i, p in enumerate(problems) if p is None]

@@ -63,6 +63,8 @@ REASONS: dict[str, str] = {
     "echoes_format": "repeats the reply format",
     "about_instructions": "talks about the instructions",
     "placeholder": "leaves a placeholder",
+    "assistant_voice": "speaks as an AI model",
+    "copies_task_text": "copies a run of words from a seed or anchor text",
     "not_fluent": "not fluent (model loss above the anchor's range)",
     "off_topic": "off topic (hidden state far from the anchor)",
     "not_a_request": "not a request a user would send an assistant",
@@ -76,8 +78,8 @@ REASONS: dict[str, str] = {
 """Every verdict's reason code, with what a report shows for it. The vocabulary is fixed."""
 
 QUALITY_CODES = frozenset(
-    {"too_short", "echoes_format", "about_instructions", "placeholder", "not_fluent", "off_topic", "not_a_request",
-     "wrong_label", "judge_no"}
+    {"too_short", "echoes_format", "about_instructions", "placeholder", "assistant_voice", "copies_task_text", "not_fluent",
+     "off_topic", "not_a_request", "wrong_label", "judge_no"}
 )
 """Codes of a candidate that is no usable sample, whatever it fires."""
 
@@ -86,6 +88,8 @@ ADVICE: dict[str, str] = {
     "echoes_format": "write a full, natural one",
     "about_instructions": "write the sample itself, not words about the task",
     "placeholder": "write every detail out, leave no slot to fill",
+    "assistant_voice": "write the sample as its author would, never as an AI model",
+    "copies_task_text": "write it in your own words: copy no snippet or example",
     "not_fluent": "write plain, fluent English sentences, no lists of codes, symbols or version numbers",
     "off_topic": "stay with everyday requests like the snippets' sources",
     "not_a_request": "write it as a question or an instruction a user sends an assistant ('How do I ...?', 'Write ...')",
@@ -207,7 +211,8 @@ def text_problem(sample: Sample, *, min_words: int, echoes: Iterable[str] = ()) 
     """The text checks (no model): too few words, a text that only repeats a reply key or
     schema name (a small generator writes ``ContrastivePair`` where a sample belongs), one
     that talks about the instructions (:data:`META`), one that leaves a slot to fill
-    (:data:`PLACEHOLDER`). None when it passes them."""
+    (:data:`PLACEHOLDER`), one that speaks as an AI model (:data:`AI_SELF`). None when it
+    passes them. (Copies of the task's texts: :class:`CopyIndex`.)"""
     text = sample.plain_text
     words = len(_WORD.findall(text))
     if words < min_words:
@@ -225,7 +230,76 @@ def text_problem(sample: Sample, *, min_words: int, echoes: Iterable[str] = ()) 
     slot = PLACEHOLDER.search(text)
     if slot:
         return Problem("placeholder", f"leaves a placeholder ({slot.group(0)!r}) instead of writing it out")
+    ai = AI_SELF.search(text)
+    if ai:
+        return Problem("assistant_voice", f"speaks as an AI model ({ai.group(0)!r}) instead of being a sample")
     return None
+
+
+AI_SELF = re.compile(
+    r"\bas an? (?:ai|artificial intelligence)(?: (?:language )?model| assistant| chatbot)?\s*,|"
+    r"\bas an? (?:large )?language model\b|\bi(?:'m|’m| am) (?:just |only )?an? (?:ai|artificial intelligence|"
+    r"(?:large )?language model)\b(?! researcher| engineer| student| developer| scientist)",
+    re.IGNORECASE,
+)
+"""A text that speaks as an AI model ("As an AI language model, I don't have feelings"): no
+sample of any task (a tweet, a review, a user's request) is written by one. "As an AI
+researcher, ..." does not match."""
+
+_COPY_WORD = re.compile(r"\w+(?:['’]\w+)*", re.UNICODE)
+COPY_GRAM = 5
+"""Word n-grams of the task's texts that :class:`CopyIndex` looks up."""
+COPY_RUN = 8
+"""A candidate that repeats this many words in a row of a seed or anchor text copies it."""
+COPY_SHARE = 0.6
+"""... and so does one of whose words at least this share is one run of :data:`COPY_GRAM`+ copied words."""
+
+
+def _copy_words(text: str) -> list[str]:
+    return _COPY_WORD.findall(unicodedata.normalize("NFKC", text).casefold().replace("’", "'"))
+
+
+class CopyIndex:
+    """The word 5-grams of the task's own texts (the seed and the anchor). A candidate that
+    repeats a run of their words (:data:`COPY_RUN` in a row, or a run that is most of it:
+    :data:`COPY_SHARE`) is no new sample: a writer shown snippets or examples copies them
+    ("in the world and I'll eat ice cream out of the", cut from an anchor tweet), and such a
+    text fires the anchor's features because it is the anchor's text. Case, punctuation and
+    spacing are ignored."""
+
+    def __init__(self, texts: Iterable[tuple[str, str]] = ()) -> None:
+        self._grams: dict[tuple[str, ...], str] = {}
+        for name, text in texts:
+            self.add(name, text)
+
+    def __len__(self) -> int:
+        return len(self._grams)
+
+    def add(self, name: str, text: str) -> None:
+        words = _copy_words(text)
+        for i in range(len(words) - COPY_GRAM + 1):
+            self._grams.setdefault(tuple(words[i : i + COPY_GRAM]), name)
+
+    def longest(self, text: str) -> tuple[int, str | None, str]:
+        """(words in the longest copied run, the text it starts in, the run) of ``text``."""
+        words = _copy_words(text)
+        best, best_at, best_name = 0, 0, None
+        run, run_name = 0, None
+        for i in range(len(words) - COPY_GRAM + 1):
+            name = self._grams.get(tuple(words[i : i + COPY_GRAM]))
+            run, run_name = (run + 1, run_name if run else name) if name is not None else (0, None)
+            if run and run + COPY_GRAM - 1 > best:
+                best, best_at, best_name = run + COPY_GRAM - 1, i - run + 1, run_name
+        return best, best_name, " ".join(words[best_at : best_at + best])
+
+    def problem(self, text: str) -> Problem | None:
+        """Why ``text`` copies a task text (None when it does not)."""
+        n, name, run = self.longest(text)
+        total = len(_copy_words(text))
+        if n >= COPY_RUN or (n >= COPY_GRAM and n >= COPY_SHARE * total):
+            shown = run if len(run) <= 60 else run[:57] + "..."
+            return Problem("copies_task_text", f"copies {n} of its {total} words in a row from {name} ({shown!r})")
+        return None
 
 
 ASSISTANT_VOICE = re.compile(

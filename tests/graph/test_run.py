@@ -181,6 +181,27 @@ def test_unguided_strategy_writes_from_seed_examples_and_joins_usable_samples_wi
     assert [r["provenance"]["target_feature"] for r in rows] == [None, None]
 
 
+def test_a_sample_cut_from_an_anchor_text_is_rejected_as_a_copy_and_a_fresh_one_joins(reader, fake_llm, demo_data) -> None:
+    """A writer shown examples or snippets copies them: such a text fires the anchor's features
+    because it is the anchor's text, and is no new sample."""
+    seed, anchor = demo_data
+    longest = max((s.plain_text for s in load_dataset(anchor)), key=lambda t: len(t.split()))
+    assert len(longest.split()) >= 9
+    copied = " ".join(longest.split()[:-1])  # the anchor text, cut short by a word
+    fresh = "Write a short poem about the first snow of winter in the city."
+    fake_llm.default = Reply(content=json.dumps({NEW_FIRST: copied, NEW_SECOND: fresh}))
+    cfg = _fake_cfg(fake_llm, seed, anchor, strategy="unguided", max_features=1)
+    run, _ = prepare_run(cfg, "copies", reader.store, reader)
+    execute(reader.store, "copies", llm=LLMClient(cfg.llm, store=reader.store), reader=reader)
+    runs = Runs(reader.store)
+    by_text = {Sample(**c.payload).plain_text: c for c in runs.candidates(run.id)}
+    assert by_text[copied].verdict == "rejected" and by_text[copied].code == "copies_task_text"
+    assert "anchor sample" in by_text[copied].reason
+    assert by_text[fresh].verdict == "accepted"
+    assert [Sample(**s.candidate.payload).plain_text for s in runs.samples(run.id)] == [fresh]
+    assert coverage_report(reader.store, "copies").by_reason["copies_task_text"] == {"sample": 1}
+
+
 def test_another_llm_seed_samples_every_request_anew(reader, fake_llm, demo_data) -> None:
     """Same data and prompts: another seed sends every request again with another seed;
     the same seed again is the same requests, answered from the cache."""

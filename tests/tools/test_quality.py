@@ -4,6 +4,9 @@ on what the model read (no model numerics are mocked)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -14,6 +17,7 @@ from facsynth.tools.reader import Reader
 from facsynth.tools.quality import (
     REASONS,
     Calibration,
+    CopyIndex,
     Signals,
     TopicIndex,
     calibrate,
@@ -22,6 +26,7 @@ from facsynth.tools.quality import (
     failed_checks,
     is_request,
     model_problem,
+    normalize_text,
     read_signals,
     text_problem,
     unmark,
@@ -274,3 +279,63 @@ def test_no_label_check_without_two_labels_with_enough_samples() -> None:
     assert fit_label_probe(x, ["spam"] * 8, pass_rate=0.95) is None
     assert fit_label_probe(x, ["spam"] * 6 + ["ham"] * 2, pass_rate=0.95) is None
     assert fit_label_probe(x, [None] * 8, pass_rate=0.95) is None
+
+
+def _rows(path: Path) -> list[str]:
+    return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_a_candidate_that_copies_an_anchor_or_seed_text_is_no_new_sample() -> None:
+    """Verbatim from the tweet experiment's accepted sets (bench/proof.py, paper arm and agent):
+    fragments cut from anchor tweets, which fire the anchor's features because they are its
+    text. Fresh tweets on the same themes, and real tweets of the held-out test split, pass."""
+    tweets = shipped("tweet_sentiment")
+    index = CopyIndex([(f"anchor sample {i + 1}", t) for i, t in enumerate(_rows(tweets / "anchor.jsonl"))]
+                      + [(f"seed sample {i + 1}", t) for i, t in enumerate(_rows(tweets / "seed.jsonl"))])
+    copies = [
+        "onymous I know we get some outside Canberra trying to cross the",
+        "in the world and I'll eat ice cream out of the",
+        "Found a 20 euro note in",
+        "I have to get up to change now. Amy Winehouse. When the fuck did that change? @#<>",
+        "Anonymous I know we get some outside Canberra trying to cross the, which is a waste of time and money.",
+    ]
+    for text in copies:
+        problem = index.problem(text)
+        assert problem is not None and problem.code == "copies_task_text", text
+        assert "anchor sample" in problem.message
+    fresh = [
+        "I'm feeling so frustrated. I can't believe they haven't responded yet.",
+        "@anonymous my new phone has a bug. I can't use it at all.",
+        "The weather has been terrible lately. It's been raining and snowing all day long. Not sure if it will ever stop.",
+        "I just ate a delicious pizza, and I'm so thankful for it. I can't wait to share it with my friends. #PizzaLove",
+    ]
+    assert [t for t in fresh if index.problem(t)] == []
+    held_out = _rows(tweets / "test.jsonl")
+    flagged = [t for t in held_out if index.problem(t)]
+    assert len(flagged) <= 0.02 * len(held_out), flagged  # real near-repeats only (the data holds a few)
+
+
+def test_the_copy_check_leaves_the_demos_other_prompts_alone() -> None:
+    demo = shipped("demo")
+    own = _rows(demo / "anchor.jsonl") + _rows(demo / "seed.jsonl")
+    index = CopyIndex([(str(i), t) for i, t in enumerate(own)])
+    known = {normalize_text(t) for t in own}
+    others = [t for t in _rows(demo / "prompts.jsonl") if normalize_text(t) not in known]
+    assert len(others) > 300 and [t for t in others if index.problem(t)] == []
+    assert index.problem(own[0]) is not None and index.problem(own[0]).code == "copies_task_text"
+
+
+@pytest.mark.parametrize(
+    "text, ai",
+    [
+        ("As an AI language model, I don't have personal feelings or experiences to share.", True),
+        ("@anonymous As an AI, I can't say whether that movie was good.", True),
+        ("I'm just an AI language model, but here is a tweet about rain.", True),
+        ("As an AI researcher, how do I pick a learning rate for a small transformer?", False),
+        ("I'm sorry, I can't make it tonight :( work is killing me", False),
+        ("I am an AI engineer and I need help choosing a GPU for training.", False),
+    ],
+)
+def test_a_text_in_an_ai_models_voice_is_no_sample_of_any_task(text: str, ai: bool) -> None:
+    problem = text_problem(Sample(text=text), min_words=4)
+    assert (problem is not None and problem.code == "assistant_voice") is ai, problem
