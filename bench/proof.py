@@ -22,7 +22,10 @@ cost (the calls each arm spent are printed). ``--cut label`` compares the arms a
 count of each label instead of their common size, so that no arm wins by holding more of the
 scored class. ``--keep DIR`` keeps the store and sets; ``--rescore DIR`` scores them again.
 
-Every candidate passes the same quality rule (on this labelled task: the label check too).
+Every candidate passes the same quality rule (on this labelled task: the label check too);
+a set kept by an older rule (``--rescore``) is checked again with today's text checks (a copy
+of a seed or anchor text, an AI model's voice), and what they refuse is left out and counted
+(``<arm>_left_out_by_text_checks``).
 Only samples with a label count; the agent and unguided sets are cut to their common size
 (in acceptance order; or label by label, ``--cut label``), and the paper set joins the
 comparison when it has that many. Then:
@@ -66,6 +69,7 @@ from facsynth.graph.config import RunConfig  # noqa: E402
 from facsynth.tools.datasets import Dataset, Sample, load_dataset  # noqa: E402
 from facsynth.tools.downstream import EvalConfig  # noqa: E402
 from facsynth.tools.reader import Reader  # noqa: E402
+from facsynth.tools.quality import CopyIndex, text_problem  # noqa: E402
 
 ARMS = ("agent", "paper", "unguided")
 LABELLED = {"sms-spam": ("sms_spam", "spam"), "tweet-sentiment": ("tweet_sentiment", "negative")}
@@ -93,10 +97,17 @@ def write_jsonl(path: Path, rows: list[tuple[str, str]]) -> Path:
     return path
 
 
-def usable(store: Store, run: str) -> list[tuple[str, str]]:
-    """(text, label) of the run's accepted samples that carry a label, in acceptance order."""
+def usable(store: Store, run: str, copies: CopyIndex, dropped: dict[str, int] | None = None) -> list[tuple[str, str]]:
+    """(text, label) of the run's accepted samples that carry a label, in acceptance order,
+    less any the text checks of today's rule refuse (a copy of a seed or anchor text, an AI
+    model's voice, ...): a run kept by an older rule is scored on what this one would keep,
+    and ``dropped[run]`` counts what it left out."""
     rows = records(store, run)
-    return [(r["messages"][-1]["content"] if r["messages"] else "", r["label"]) for r in rows if r["label"]]
+    out = [(r["messages"][-1]["content"] if r["messages"] else "", r["label"]) for r in rows if r["label"]]
+    kept = [(t, lab) for t, lab in out if text_problem(Sample(text=t), min_words=1) is None and copies.problem(t) is None]
+    if dropped is not None:
+        dropped[run] = len(out) - len(kept)
+    return kept
 
 
 def cut(sets: dict[str, list[tuple[str, str]]], how: str) -> tuple[dict[str, list[tuple[str, str]]], str]:
@@ -190,6 +201,7 @@ def main() -> None:
 
     points: list[dict[str, object]] = []
     used: dict[str, list[int]] = {arm: [] for arm in ARMS}
+    dropped: dict[str, int] = {}
     started = time.monotonic()
     keep = args.rescore or args.keep
     if keep:
@@ -227,22 +239,24 @@ def main() -> None:
             for draw in range(args.first_draw, args.first_draw + args.draws):
                 seed_rows = [(s.plain_text, str(s.meta["label"])) for s in stratified(full_seed, args.seed_size, np.random.default_rng(draw))]
                 seed_file = write_jsonl(tmp / f"seed-{draw}.jsonl", seed_rows)
+                copies = CopyIndex([(f"seed {i}", t) for i, (t, _) in enumerate(seed_rows)]
+                                   + [(f"anchor {i}", s.plain_text) for i, s in enumerate(load_dataset(anchor))])
                 sets: dict[str, list[tuple[str, str]]] = {}
                 for arm in ARMS:
                     name = f"{arm}-{draw}"
                     if args.rescore:
-                        sets[arm] = usable(store, name)
+                        sets[arm] = usable(store, name, copies, dropped)
                         continue
                     rep = facsynth.synthesize(seed_file, run=name, store=store, reader=reader, client=client, strategy=arm,
                                               **{k: v for k, v in base.items() if k != "llm"}, llm=llm)
-                    sets[arm] = usable(store, name)
+                    sets[arm] = usable(store, name, copies, dropped)
                     calls = args.calls
                     # --size: more calls, --calls at a time, until the arm has that many usable samples
                     while (args.size and len(sets[arm]) < args.size and calls < args.max_calls
                            and rep.stop_reason.startswith("budget spent")):
                         calls = min(args.max_calls, calls + args.calls)
                         rep = facsynth.resume(name, store=store, reader=reader, client=client, budget={"calls": calls})
-                        sets[arm] = usable(store, name)
+                        sets[arm] = usable(store, name, copies, dropped)
                     used[arm].append(rep.llm_calls)
                 kept, shown = cut(sets, args.cut)
                 labels = sorted({lab for rows in sets.values() for _, lab in rows})
@@ -289,6 +303,8 @@ def main() -> None:
     for arm in ARMS:
         if used[arm]:
             print(f"{arm}_mean_calls={np.mean(used[arm]):.1f}")
+    for arm in ARMS:  # accepted by the run, refused by today's text checks (runs kept by an older rule)
+        print(f"{arm}_left_out_by_text_checks={sum(v for k, v in dropped.items() if k.rsplit('-', 1)[0] == arm)}")
     for arm in ARMS:
         mine = [p for p in points if p["arm"] == arm]
         if mine:

@@ -196,8 +196,8 @@ _calls = itertools.count()
 
 
 def echo_snippet(body: dict[str, Any]) -> Reply:
-    """A generator reply built from the prompt: the first snippet (the words that fire the
-    target in the anchor) as the positive, a fixed unrelated text as the negative. It makes
+    """A generator reply built from the prompt: the first snippet's last words (those that
+    fire the target in the anchor) as the positive, a fixed unrelated text as the negative. It makes
     runs on the fake endpoint accept samples through the real SAE."""
     user = next(m["content"] for m in body["messages"] if m["role"] == "user")
     marker = next(m for m in ("Snippets (the words to use are marked <<like this>>):\n",  # paper
@@ -205,6 +205,9 @@ def echo_snippet(body: dict[str, Any]) -> Reply:
                   if m in user)
     lines = user.split(marker, 1)[1].splitlines()
     snippet = lines[0].split(". ", 1)[1].replace("<<", "").replace(">>", "")
+    # its last words only (the span ends at the peak): a longer run of the anchor's text is
+    # refused as a copy of it (facsynth.tools.quality.CopyIndex)
+    snippet = " ".join(snippet.split()[-4:])
     keys = [k for k in body.get("response_format", {}).get("json_schema", {}).get("schema", {}).get("properties", {})]
     positive, negative = (keys + ["new_sample", "contrast_sample"])[:2]
     if "first_sample" in positive:  # the paper strategy's two samples
