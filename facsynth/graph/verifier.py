@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 
 async def _judge_all(res: Resources, cfg: RunConfig, pairs: list[tuple[Candidate, Reading]], run_name: str) -> list[Verdict]:
     """Verdicts on one batch: text checks (copies of the seed's or the anchor's text included),
-    then the model checks (one forward for the batch), duplicates and the target; the LLM judge (``quality_judge``) last, on those still accepted."""
+    then the model checks (one forward for the batch), duplicates and the target; the LLM
+    judge (``quality_judge``) last, on those still accepted."""
     dups = res.duplicates()
     samples = [Sample(**c.payload) for c, _ in pairs]
     problems: list[Problem | None] = [text_problem(s, min_words=cfg.min_words, echoes=REPLY_ECHOES) for s in samples]
