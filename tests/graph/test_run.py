@@ -255,22 +255,13 @@ def test_ctrl_c_stops_the_run_which_resumes_where_it_stopped(reader, fake_llm, d
     fake_llm.default = Reply(content=json.dumps({POSITIVE: "Okay then", NEGATIVE: "Fine thanks"}), delay_s=0.8)
     cfg = _fake_cfg(fake_llm, seed, anchor, max_features=2, max_attempts=3)
     prepare_run(cfg, "ctrl-c", reader.store, reader)
-    done = threading.Event()
-
-    def ctrl_c() -> None:  # once the second request is in flight (not after a fixed time: a loaded machine is slow)
-        while len(fake_llm.requests) < 2 and not done.wait(0.05):
-            pass
-        if not done.is_set():
-            os.kill(os.getpid(), signal.SIGINT)
-
-    timer = threading.Thread(target=ctrl_c, daemon=True)
+    timer = threading.Timer(2.0, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             execute(reader.store, "ctrl-c", llm=LLMClient(cfg.llm, store=reader.store), reader=reader)
     finally:
-        done.set()
-        timer.join()
+        timer.cancel()
     runs = Runs(reader.store)
     stopped = runs.summary("ctrl-c").run
     assert (stopped.status, stopped.stop_reason) == ("stopped", "interrupted (Ctrl-C)")
