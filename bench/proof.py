@@ -2,8 +2,8 @@
 track the gain better than text metrics?
 
     python bench/proof.py [--task sms-spam|tweet-sentiment] [--seed-size 6] [--draws 3] [--calls 16]
-                          [--size N --max-calls 60] [--writer NAME] [--relevance anchor|contrast]
-                          [--delta D|anchor[:Q]] [--sae SAE] [--negative-min-new N]
+                          [--size N --max-calls 60] [--writer NAME] [--relevance anchor|contrast [--both-sides]]
+                          [--delta D|anchor[:Q]] [--sae SAE] [--negative-min-new N] [--arms agent,unguided]
 
 Setup: a shipped labelled set: ``--task sms-spam`` (``facsynth/data/sms_spam``: real SMS,
 spam/ham, positive class spam) or ``--task tweet-sentiment`` (``facsynth/data/tweet_sentiment``:
@@ -169,6 +169,8 @@ def main() -> None:
                     help="F: every feature active on the anchor, or those whose activation separates the anchor's "
                     "positive class from the rest (AUROC >= --auroc; facsynth features relevance --method contrast)")
     ap.add_argument("--auroc", type=float, default=0.7)
+    ap.add_argument("--both-sides", action="store_true", help="with --relevance contrast: F also holds the features that "
+                    "mark the other class (AUROC <= 1 - --auroc), the cues of both labels")
     ap.add_argument("--delta", default=None, help="activation above which a feature counts as active, for the runs and "
                     "every FAC figure: a number, or 'anchor[:Q]', the Q quantile (default 0.5) of F's activations on "
                     "the anchor (default: the SAE's recommended delta)")
@@ -181,6 +183,8 @@ def main() -> None:
     ap.add_argument("--keep", default=None, help="keep the store and the sets in this directory (to --rescore later)")
     ap.add_argument("--rescore", default=None, help="score the runs kept by --keep in this directory again (another "
                     "--cut); generates nothing")
+    ap.add_argument("--arms", default=",".join(ARMS), help="the arms to run, agent and unguided among them (leave "
+                    "paper out to save its calls)")
     ap.add_argument("--positive", default=None, help="the positive label (contrast relevance and AUPRC; default: "
                     "the task's rarer class)")
     args = ap.parse_args()
@@ -189,6 +193,9 @@ def main() -> None:
             args.delta = float(args.delta)
         except ValueError:
             sys.exit(f"--delta: a number or anchor[:Q], not {args.delta!r}")
+    arms = tuple(a for a in ARMS if a in {x.strip() for x in args.arms.split(",")})
+    if not {"agent", "unguided"} <= set(arms) or len(arms) != len(args.arms.split(",")):
+        sys.exit(f"--arms: agent and unguided, and optionally paper; not {args.arms!r}")
     shipped, rare = LABELLED.get(args.task, (None, None))
     if args.data is None and shipped is None:
         sys.exit(f"--task {args.task} has no shipped labelled set: give --data and --positive")
@@ -212,8 +219,11 @@ def main() -> None:
         reader = Reader(sae=args.sae, store=store)
         if args.relevance == "contrast" and not args.rescore:
             resolve_task(Catalog(store), args.task)
-            rel = contrast_relevance(reader, load_dataset(anchor), args.task, threshold=args.auroc, positive=[args.positive])
-            print(f"F by contrast on the anchor: {len(rel.selected)} features with AUROC >= {args.auroc:g} "
+            rel = contrast_relevance(reader, load_dataset(anchor), args.task, threshold=args.auroc, positive=[args.positive],
+                                     both_sides=args.both_sides)
+            other = sum(1 for f in rel.selected if rel.scores[f] < 0.5)
+            print(f"F by contrast on the anchor: {len(rel.selected)} features with AUROC >= {args.auroc:g}"
+                  + (f" or <= {1 - args.auroc:g} ({other} of them mark the other class)" if args.both_sides else "") + " "
                   f"({rel.n_positive} {args.positive} vs {rel.n_other} other; {rel.by_chance} with shuffled labels)", flush=True)
         if args.delta is not None and str(args.delta).startswith("anchor"):
             q = float(str(args.delta).partition(":")[2] or 0.5)
@@ -242,7 +252,7 @@ def main() -> None:
                 copies = CopyIndex([(f"seed {i}", t) for i, (t, _) in enumerate(seed_rows)]
                                    + [(f"anchor {i}", s.plain_text) for i, s in enumerate(load_dataset(anchor))])
                 sets: dict[str, list[tuple[str, str]]] = {}
-                for arm in ARMS:
+                for arm in arms:
                     name = f"{arm}-{draw}"
                     if args.rescore:
                         sets[arm] = usable(store, name, copies, dropped)
@@ -297,7 +307,9 @@ def main() -> None:
         print(f"rescored={args.rescore}")
     else:
         print(f"calls_per_arm={args.calls}\nwriter={args.writer or 'smollm2-135m-instruct'}")
+    print(f"relevance={args.relevance}" + (f" auroc={args.auroc:g} both_sides={args.both_sides}" if args.relevance == "contrast" else ""))
     print(f"size={args.size}\nmax_calls={args.max_calls}\ndelta={args.delta if args.delta is not None else 'default'}")
+    print(f"arms={','.join(arms)}")
     print(f"sae={args.sae or 'default'}\nnegative_min_new={args.negative_min_new if args.negative_min_new is not None else 'default'}")
     print(f"points={len(points)}\nseconds={time.monotonic() - started:.0f}")
     for arm in ARMS:

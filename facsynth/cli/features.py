@@ -277,6 +277,8 @@ def relevance_command(
     task: str = typer.Option(..., "--task", "-t", help="Task name (a preset or one from --tasks)."),
     tasks_file: Optional[Path] = TASKS_FILE,
     threshold: float = typer.Option(0.7, "--threshold", help="Select features whose AUROC is at least this."),
+    both_sides: bool = typer.Option(False, "--both-sides", help="Also select the features that mark the other samples "
+                                    "(AUROC at most 1 - threshold): the cues of every class of a labelled task."),
     field: str = typer.Option("label", "--label-field", help="The field holding the label."),
     positive: Optional[list[str]] = typer.Option(None, "--positive", help="Label value(s) meaning task-positive (default: 1, true, yes, positive, or the task name)."),
     show: int = typer.Option(15, "--show", help="Selected features to list."),
@@ -295,10 +297,12 @@ def relevance_command(
     resolve_task(catalog, task, tasks_file)
     positive_mask(data, task, field=field, positive=positive)  # label problems fail before any reading
     with console.status(f"reading {len(data)} labeled samples"):
-        report = contrast_relevance(reader, data, task, threshold=threshold, field=field, positive=positive)
+        report = contrast_relevance(reader, data, task, threshold=threshold, field=field, positive=positive,
+                                    both_sides=both_sides)
     console.print(
         f"[bold]{task}[/]: {report.n_positive} task-positive vs {report.n_other} other samples; "
-        f"{len(report.selected)} of {report.scored} active features have AUROC >= {threshold:g} "
+        f"{len(report.selected)} of {report.scored} active features have AUROC >= {threshold:g}"
+        + (f" or <= {1 - threshold:g}" if both_sides else "") + " "
         f"(with shuffled labels: {report.by_chance}); stored as method 'contrast' under reader {reader.reader_id}"
     )
     explanations = catalog.explanations(reader.reader_id, report.selected[:show])

@@ -175,6 +175,7 @@ class Claims:
             self.release()
             with self.store.transaction(write=True) as session:
                 session.execute(update(RunWorker).where(RunWorker.id == self._row_id).values(stopped_at=utcnow()))
+                self._close_dead(session)
         finally:
             conn, self._conn = self._conn, None
             try:
@@ -188,6 +189,20 @@ class Claims:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _close_dead(self, session: Any) -> None:
+        """Close the open claims of workers that died holding them (outcome ``recovered``).
+
+        :meth:`claim` closes such a claim when it takes the feature over; one on a feature
+        nobody claims again (another sample covered it meanwhile) would stay open for good,
+        so a worker that ends closes what the dead left."""
+        live = self.live(session)
+        query = update(RunClaim).where(RunClaim.run_id == self.run_id, RunClaim.released_at.is_(None))
+        if live:
+            query = query.where(RunClaim.worker.not_in(sorted(live)))
+        closed = int(session.execute(query.values(released_at=utcnow(), outcome="recovered")).rowcount or 0)
+        if closed:
+            log.info("run %d: worker %s closed %d claim(s) of workers that died", self.run_id, self.name, closed)
 
     # ------------------------------------------------------------------ who is alive
 

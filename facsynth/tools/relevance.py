@@ -5,7 +5,10 @@ weakness. :func:`contrast_relevance` needs no LLM: from a small labeled set (a
 ``label`` field per sample: task-positive vs anything else) it ranks every feature by
 the AUROC of its max activation a_i(x) between the two groups (Mann-Whitney U with
 average ranks, so the many tied zeros count half) and selects those at or above a
-threshold. Rows are stored with method ``contrast`` and the AUROC as score.
+threshold. Rows are stored with method ``contrast`` and the AUROC as score. With
+``both_sides`` it also selects the features that mark the *other* group (AUROC at or below
+1 - threshold): a labelled task's classifier needs the cues of each class, and a set F of
+one side only steers synthesis toward one label.
 
 :func:`missing_features` applies the paper's rule: relevant to the task (any method,
 see :meth:`facsynth.db.catalog.Catalog.relevant_features`) and active on no seed sample.
@@ -46,9 +49,11 @@ class ContrastReport(BaseModel):
     scored: int
     """Features active on at least one labeled sample (each stored with its AUROC)."""
     selected: list[int]
-    """Features with AUROC >= threshold, strongest first."""
+    """Features with AUROC >= threshold (with ``both_sides``, or <= 1 - threshold), strongest
+    (farthest from 0.5) first."""
     scores: dict[int, float]
-    """AUROC of the selected features."""
+    """AUROC of the selected features (below 0.5: the feature marks the other group)."""
+    both_sides: bool = False
     by_chance: int
     """Features at or above the threshold with the labels shuffled (one seeded permutation): about
     how many of ``selected`` chance alone would give. With thousands of features and a few dozen
@@ -124,11 +129,13 @@ def contrast_relevance(
     field: str = "label",
     positive: Iterable[str] | None = None,
     seed: int = 0,
+    both_sides: bool = False,
 ) -> ContrastReport:
     """Score every feature by AUROC on a labeled set and store the result as ``contrast`` relevance.
 
     The task must be stored already (see :func:`facsynth.agent.tasks.resolve_task`); a new
-    run replaces the task's previous contrast rows for this reader.
+    run replaces the task's previous contrast rows for this reader. ``both_sides``: features
+    whose AUROC is at or below ``1 - threshold`` (they mark the other samples) are selected too.
     """
     if not 0.5 <= threshold <= 1.0:
         raise InputError(f"the AUROC threshold must lie in [0.5, 1]; got {threshold}")
@@ -138,24 +145,31 @@ def contrast_relevance(
     read = [sf for sf, _ in reader.read(dataset)]
     scores = auroc_by_feature(read, labels, reader.sae.d_sae)
     shuffled = auroc_by_feature(read, np.random.default_rng(seed).permutation(labels), reader.sae.d_sae)
+
+    def chosen_by(auroc: np.ndarray) -> np.ndarray:
+        return (auroc >= threshold) | (both_sides & (auroc <= 1.0 - threshold))
+
+    picked = chosen_by(scores)
     active = np.unique(np.concatenate([sf.feature_ids for sf in read])) if read else np.array([], dtype=np.int64)
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     rows = [
         Relevance(
-            feature=int(f), task=task, method="contrast", label="Yes" if scores[f] >= threshold else "No",
+            feature=int(f), task=task, method="contrast", label="Yes" if picked[f] else "No",
             analysis=f"AUROC {scores[f]:.3f} of max activation, {n_pos} task-positive vs {n_neg} other samples "
-            f"of {dataset.name} (threshold {threshold:g})",
+            f"of {dataset.name} (threshold {threshold:g}{f' or {1.0 - threshold:g}' if both_sides else ''})"
+            + ("; marks the other samples" if both_sides and picked[f] and scores[f] < 0.5 else ""),
             score=round(float(scores[f]), 6),
         )
         for f in active
     ]
     Catalog(reader.store).save_relevance(reader.reader_id, rows, replace_method="contrast")  # type: ignore[arg-type]
-    chosen = [int(f) for f in active if scores[f] >= threshold]
-    chosen.sort(key=lambda f: (-scores[f], f))
+    chosen = [int(f) for f in active if picked[f]]
+    chosen.sort(key=lambda f: (-abs(scores[f] - 0.5), -scores[f], f))
     log.info("contrast relevance for %s: %d of %d features selected", task, len(chosen), len(active))
     return ContrastReport(
         task=task, dataset=dataset.name, n_positive=n_pos, n_other=n_neg, threshold=threshold, scored=len(rows),
-        selected=chosen, scores={f: float(scores[f]) for f in chosen}, by_chance=int((shuffled >= threshold).sum()),
+        selected=chosen, scores={f: float(scores[f]) for f in chosen}, by_chance=int(chosen_by(shuffled)[active].sum()),
+        both_sides=both_sides,
     )
 
 

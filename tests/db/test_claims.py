@@ -155,7 +155,12 @@ def test_a_sigkilled_worker_gives_its_slot_and_features_back_at_once(pg_url) -> 
             with Claims(store, run_id) as next_w0:
                 assert next_w0.name == "w0" and next_w0.mine() == set()
                 assert me.held_by_others() == set()
+            # a dead worker's claim on a feature nobody takes over (covered meanwhile): closed when a worker ends
+            with store.transaction(write=True) as session:
+                session.add(RunClaim(run_id=run_id, feature_id=5, worker="w7", claimed_at=utcnow()))
         rows = _claims(store, run_id)
+        assert all(r.released_at is not None for r in rows), [(r.worker, r.feature_id) for r in rows if not r.released_at]
+        assert [(r.feature_id, r.outcome) for r in rows if r.worker == "w7"] == [(5, "recovered")]
         dead = [r for r in rows if r.worker == "w0"]
         assert [(r.feature_id, r.outcome) for r in dead] == [(0, "recovered"), (1, "recovered"), (4, "recovered")]
         taken = [r for r in rows if r.worker == "w1" and r.feature_id in (0, 1)]

@@ -145,6 +145,22 @@ def test_contrast_relevance_selects_the_planted_feature_and_measure_uses_it(read
 
 
 @pytest.mark.slow
+def test_both_sides_selects_the_features_that_mark_the_other_class_too(reader) -> None:
+    store_tasks(Catalog(reader.store))
+    feats, positive, _ = _readings(30, 30, d_sae=200, seed=1)
+    flipped = _stored_dataset(reader, "flipped", feats, ~positive)  # the planted feature now fires on the others
+    one_side = contrast_relevance(reader, flipped, "toxicity", threshold=0.75)
+    assert PLANTED not in one_side.selected
+    assert Catalog(reader.store).relevant_features(reader.reader_id, "toxicity") == one_side.selected
+    both = contrast_relevance(reader, flipped, "toxicity", threshold=0.75, both_sides=True)
+    assert both.selected[0] == PLANTED and both.scores[PLANTED] < 0.25 and both.both_sides
+    assert set(both.selected) - set(one_side.selected) == {PLANTED}
+    row = {r.feature: r for r in Catalog(reader.store).relevance(reader.reader_id, "toxicity")}[PLANTED]
+    assert row.label == "Yes" and "marks the other samples" in row.analysis and "or 0.25" in row.analysis
+    assert PLANTED in Catalog(reader.store).relevant_features(reader.reader_id, "toxicity")
+
+
+@pytest.mark.slow
 def test_anchor_delta_is_the_quantile_of_the_features_own_firings(reader) -> None:
     # feature 3 fires at 1, 2, 3, 4 over four samples and feature 9 at 100 (not in F): the median of
     # F's firings is 2.5, and feature 9's large activations do not move it
