@@ -162,3 +162,9 @@ def test_collect_relevance_and_measure_task_end_to_end(tmp_path: Path) -> None:
     cov = json.loads(report.read_text())["coverage"][0]
     assert cov["total"] == len(chosen) and cov["covered"] + len(cov["missing"]) == len(chosen)
     assert json.loads(report.read_text())["data"]["reused"] == 3  # read once, by collect
+
+    # --both-sides: the cues of the other samples join F (and replace the one-sided contrast rows)
+    out = ok("features", "relevance", str(labeled), "--task", "toxicity", "--threshold", "0.8", "--both-sides", "--db", url)
+    assert "AUROC >= 0.8 or <= 0.2" in out, out
+    both = catalog.relevant_features(rid, "toxicity")
+    assert set(chosen) < set(both), (chosen, both)
