@@ -330,6 +330,11 @@ def main() -> None:
             low, high = t_interval(diffs)
             print(f"{guided}_minus_unguided_gain={np.mean(diffs):.4f}")
             print(f"{guided}_minus_unguided_ci95=[{low:.4f}, {high:.4f}]  # t interval over {len(diffs)} draws")
+            from scipy import stats
+
+            ahead = sum(d > 0 for d in diffs)
+            wilcoxon = stats.wilcoxon(diffs).pvalue if len(diffs) > 1 and any(diffs) else float("nan")
+            print(f"{guided}_ahead={ahead}/{len(diffs)}\n{guided}_wilcoxon_p={wilcoxon:.3f}")
     gains = [float(p["gain"]) for p in points]
     for metric in ("fac_grown", "fac_set", "distinct_2", "self_bleu", "cosine_distance"):
         print(f"pearson_gain_{metric}={pearson([float(p[metric]) for p in points], gains):.3f}")
