@@ -54,6 +54,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -143,8 +144,6 @@ def pearson(x: list[float], y: list[float]) -> float:
 
 def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
     """Mean of paired per-draw differences with its t interval (nan with fewer than 2 draws)."""
-    from scipy import stats
-
     v = np.asarray(values, dtype=float)
     if v.size < 2:
         return float("nan"), float("nan")
@@ -205,6 +204,8 @@ def main() -> None:
         sys.exit("--positive: which label is the positive class?")
     test, anchor = data / "test.jsonl", data / "anchor.jsonl"
     full_seed = load_dataset(data / "seed.jsonl")
+    anchor_set = load_dataset(anchor)
+    anchor_texts = [(f"anchor {i}", s.plain_text) for i, s in enumerate(anchor_set)]  # for each draw's copy check
 
     points: list[dict[str, object]] = []
     used: dict[str, list[int]] = {arm: [] for arm in ARMS}
@@ -219,19 +220,19 @@ def main() -> None:
         reader = Reader(sae=args.sae, store=store)
         if args.relevance == "contrast" and not args.rescore:
             resolve_task(Catalog(store), args.task)
-            rel = contrast_relevance(reader, load_dataset(anchor), args.task, threshold=args.auroc, positive=[args.positive],
+            rel = contrast_relevance(reader, anchor_set, args.task, threshold=args.auroc, positive=[args.positive],
                                      both_sides=args.both_sides)
             other = sum(1 for f in rel.selected if rel.scores[f] < 0.5)
-            print(f"F by contrast on the anchor: {len(rel.selected)} features with AUROC >= {args.auroc:g}"
-                  + (f" or <= {1 - args.auroc:g} ({other} of them mark the other class)" if args.both_sides else "") + " "
+            print(f"F by contrast on the anchor: {len(rel.selected)} features with {rel.rule}"
+                  + (f" ({other} of them mark the other class)" if args.both_sides else "") + " "
                   f"({rel.n_positive} {args.positive} vs {rel.n_other} other; {rel.by_chance} with shuffled labels)", flush=True)
         if args.delta is not None and str(args.delta).startswith("anchor"):
             q = float(str(args.delta).partition(":")[2] or 0.5)
             if args.relevance == "contrast":  # F as stored by contrast_relevance (this run's or the kept one's)
                 features = task_features(reader, args.task)
             else:
-                features = np.unique(np.concatenate([sf.feature_ids for sf, _ in reader.read(load_dataset(anchor))]))
-            args.delta = round(anchor_delta(reader, load_dataset(anchor), features, quantile=q), 3)
+                features = np.unique(np.concatenate([sf.feature_ids for sf, _ in reader.read(anchor_set)]))
+            args.delta = round(anchor_delta(reader, anchor_set, features, quantile=q), 3)
             print(f"delta from the anchor: the {q:g} quantile of F's activations there = {args.delta:g}", flush=True)
         llm = {"temperature": 0.8, "top_p": 0.9, "max_tokens": 320, "max_concurrency": 2, "server": {"instances": 2}}
         if args.writer:
@@ -249,8 +250,7 @@ def main() -> None:
             for draw in range(args.first_draw, args.first_draw + args.draws):
                 seed_rows = [(s.plain_text, str(s.meta["label"])) for s in stratified(full_seed, args.seed_size, np.random.default_rng(draw))]
                 seed_file = write_jsonl(tmp / f"seed-{draw}.jsonl", seed_rows)
-                copies = CopyIndex([(f"seed {i}", t) for i, (t, _) in enumerate(seed_rows)]
-                                   + [(f"anchor {i}", s.plain_text) for i, s in enumerate(load_dataset(anchor))])
+                copies = CopyIndex([(f"seed {i}", t) for i, (t, _) in enumerate(seed_rows)] + anchor_texts)
                 sets: dict[str, list[tuple[str, str]]] = {}
                 for arm in arms:
                     name = f"{arm}-{draw}"
@@ -315,7 +315,7 @@ def main() -> None:
     for arm in ARMS:
         if used[arm]:
             print(f"{arm}_mean_calls={np.mean(used[arm]):.1f}")
-    for arm in ARMS:  # accepted by the run, refused by today's text checks (runs kept by an older rule)
+    for arm in arms:  # accepted by the run, refused by today's text checks (runs kept by an older rule)
         print(f"{arm}_left_out_by_text_checks={sum(v for k, v in dropped.items() if k.rsplit('-', 1)[0] == arm)}")
     for arm in ARMS:
         mine = [p for p in points if p["arm"] == arm]
@@ -330,8 +330,6 @@ def main() -> None:
             low, high = t_interval(diffs)
             print(f"{guided}_minus_unguided_gain={np.mean(diffs):.4f}")
             print(f"{guided}_minus_unguided_ci95=[{low:.4f}, {high:.4f}]  # t interval over {len(diffs)} draws")
-            from scipy import stats
-
             ahead = sum(d > 0 for d in diffs)
             wilcoxon = stats.wilcoxon(diffs).pvalue if len(diffs) > 1 and any(diffs) else float("nan")
             print(f"{guided}_ahead={ahead}/{len(diffs)}\n{guided}_wilcoxon_p={wilcoxon:.3f}")

@@ -301,9 +301,7 @@ def relevance_command(
                                     both_sides=both_sides)
     console.print(
         f"[bold]{task}[/]: {report.n_positive} task-positive vs {report.n_other} other samples; "
-        f"{len(report.selected)} of {report.scored} active features have AUROC >= {threshold:g}"
-        + (f" or <= {1 - threshold:g}" if both_sides else "") + " "
-        f"(with shuffled labels: {report.by_chance}); stored as method 'contrast' under reader {reader.reader_id}"
+        f"{len(report.selected)} of {report.scored} active features have {report.rule} (with shuffled labels: {report.by_chance}); stored as method 'contrast' under reader {reader.reader_id}"
     )
     explanations = catalog.explanations(reader.reader_id, report.selected[:show])
     table = Table()

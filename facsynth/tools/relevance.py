@@ -59,6 +59,11 @@ class ContrastReport(BaseModel):
     how many of ``selected`` chance alone would give. With thousands of features and a few dozen
     labeled samples it is not small; then raise the threshold or label more samples."""
 
+    @property
+    def rule(self) -> str:
+        """The selection rule in words: ``AUROC >= 0.7`` (``or <= 0.3`` with ``both_sides``)."""
+        return f"AUROC >= {self.threshold:g}" + (f" or <= {1.0 - self.threshold:g}" if self.both_sides else "")
+
 
 def average_ranks(x: np.ndarray) -> np.ndarray:
     """1-based ranks down each column of ``x`` [n, m], ties sharing their average rank."""
