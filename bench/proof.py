@@ -4,6 +4,7 @@ track the gain better than text metrics?
     python bench/proof.py [--task sms-spam|tweet-sentiment] [--seed-size 6] [--draws 3] [--calls 16]
                           [--size N --max-calls 60] [--writer NAME] [--relevance anchor|contrast [--both-sides]]
                           [--delta D|anchor[:Q]] [--sae SAE] [--negative-min-new N] [--arms agent,unguided]
+                          [--no-label-pairs]
 
 Setup: a shipped labelled set: ``--task sms-spam`` (``facsynth/data/sms_spam``: real SMS,
 spam/ham, positive class spam) or ``--task tweet-sentiment`` (``facsynth/data/tweet_sentiment``:
@@ -12,7 +13,8 @@ seed of ``--seed-size`` messages (class-stratified, rng = draw) is the data to e
 it, the same generator (the embedded llama.cpp server: SmolLM2-135M, or ``--writer``) and the
 same call budget produce three synthetic sets:
 
-- ``agent``: FAC-guided synthesis (contrastive pairs, verifier feedback, retries);
+- ``agent``: FAC-guided synthesis (contrastive pairs, across the label boundary the target
+  marks unless ``--no-label-pairs``; verifier feedback, retries);
 - ``paper``: the authors' fixed two steps per feature;
 - ``unguided``: self-instruct from seed examples, no features.
 
@@ -184,6 +186,8 @@ def main() -> None:
                     "--cut); generates nothing")
     ap.add_argument("--arms", default=",".join(ARMS), help="the arms to run, agent and unguided among them (leave "
                     "paper out to save its calls)")
+    ap.add_argument("--no-label-pairs", dest="label_pairs", action="store_false", help="the agent's writer picks "
+                    "both labels of each pair (default: the pair crosses the label boundary the target marks)")
     ap.add_argument("--positive", default=None, help="the positive label (contrast relevance and AUPRC; default: "
                     "the task's rarer class)")
     args = ap.parse_args()
@@ -242,6 +246,8 @@ def main() -> None:
             base["sae"] = args.sae
         if args.negative_min_new is not None:
             base["negative_min_new"] = args.negative_min_new
+        if not args.label_pairs:
+            base["label_pairs"] = False
         if args.delta is not None:
             base["delta"] = args.delta
         deltas = {"deltas": [args.delta]} if args.delta is not None else {}
@@ -309,7 +315,7 @@ def main() -> None:
         print(f"calls_per_arm={args.calls}\nwriter={args.writer or 'smollm2-135m-instruct'}")
     print(f"relevance={args.relevance}" + (f" auroc={args.auroc:g} both_sides={args.both_sides}" if args.relevance == "contrast" else ""))
     print(f"size={args.size}\nmax_calls={args.max_calls}\ndelta={args.delta if args.delta is not None else 'default'}")
-    print(f"arms={','.join(arms)}")
+    print(f"arms={','.join(arms)}\nlabel_pairs={args.label_pairs}")
     print(f"sae={args.sae or 'default'}\nnegative_min_new={args.negative_min_new if args.negative_min_new is not None else 'default'}")
     print(f"points={len(points)}\nseconds={time.monotonic() - started:.0f}")
     for arm in ARMS:

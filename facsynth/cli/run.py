@@ -209,7 +209,7 @@ def _print_report(rep: Any) -> None:
 RUN_FLAGS = {
     "task": ("--task", "-t"), "seed": ("--seed", "-s"), "anchor": ("--anchor", "-a"), "model": ("--model", "-m"),
     "layer": ("--layer", "-l"), "near_duplicate_cosine": ("--near-dup",), "quality": ("--quality/--no-quality",),
-    "quality_judge": ("--judge/--no-judge",),
+    "quality_judge": ("--judge/--no-judge",), "label_pairs": ("--label-pairs/--no-label-pairs",),
 }
 """Flags of :class:`~facsynth.graph.config.RunConfig` fields that are not ``--field-name``."""
 

@@ -23,6 +23,7 @@ from facsynth.db.claims import Claims
 from facsynth.db.runs import RunRecord, Runs
 from facsynth.db.store import Store
 from facsynth.graph.config import RunConfig
+from facsynth.graph.prompts import LabelSide, task_labels
 from facsynth.records import SampleFeatures
 from facsynth.tools.datasets import Sample, sample_from_row
 from facsynth.tools.reader import Reader
@@ -62,6 +63,8 @@ class Resources:
     _topic: TopicIndex | None = None
     _seed: list[tuple[str, str | None]] | None = None
     _copies: CopyIndex | None = None
+    _sides: dict[int, LabelSide | None] = field(default_factory=dict)
+    _labels: dict[str, str] | None = None
 
     @property
     def runs(self) -> Runs:
@@ -107,6 +110,32 @@ class Resources:
             spans = [(span_text(verifier.span(self.anchor[i][0], feature)), act) for act, i in acts[:n]]
         self._spans[feature] = [(text, act) for text, act in spans if text]
         return self._spans[feature]
+
+    def label_side(self, feature: int) -> LabelSide | None:
+        """On a labelled task, the label the feature marks (:func:`label_side`: which label's
+        anchor samples it fires on above delta; cached), or None: no labelled anchor, or no
+        label stands out."""
+        if feature not in self._sides:
+            labels = task_labels(self.task)
+            named = self._anchor_labels() if labels else {}
+            self._sides[feature] = label_side(
+                [(named.get(s.sample_hash), _fires(sf, feature, self.delta)) for s, sf in self.anchor], labels
+            ) if labels and named else None
+        return self._sides[feature]
+
+    def _anchor_labels(self) -> dict[str, str]:
+        """The anchor's labels by sample hash, read from the anchor file (the store keeps each
+        sample's payload, not its label); empty where the file is gone or has none."""
+        if self._labels is None:
+            from facsynth.errors import InputError
+            from facsynth.tools.datasets import load_dataset
+
+            try:
+                anchor = load_dataset(self.cfg.anchor) if self.cfg.anchor else []
+            except InputError:
+                anchor = []
+            self._labels = {s.sample_hash: lab for s in anchor if (lab := _label(s.meta)) is not None}
+        return self._labels
 
     def quality(self) -> tuple[Calibration | None, TopicIndex | None]:
         """The run's calibrated thresholds and the topic index of its calibration corpus (the
@@ -191,6 +220,40 @@ class Resources:
         """A sample this process accepted joins the duplicate index at once."""
         self._dups_own.add(sample_id)
         self.duplicates().add(f"accepted sample {sample_id}", text_hash, features)
+
+
+LABEL_LIFT = 1.5
+"""A feature marks a label when it shows in that label's anchor samples at least this many
+times as often as in any other label's."""
+
+
+def label_side(fired: list[tuple[str | None, bool]], labels: tuple[str, ...], lift: float = LABEL_LIFT) -> LabelSide | None:
+    """The label a feature marks (pure): ``fired`` holds each anchor sample's label and whether
+    the feature shows in it. The label whose samples show it most often marks it when that
+    rate is at least ``lift`` times every other label's and it shows in 2+ of its samples; the
+    contrast label is the other one of a two-label task (None with more labels). None: fewer
+    than two of ``labels`` on the anchor, or no label stands out."""
+    keys = {lab.lower(): lab for lab in labels}
+    seen: dict[str, list[int]] = {}
+    for lab, hit in fired:
+        key = (lab or "").strip().lower()
+        if key in keys:
+            n = seen.setdefault(keys[key], [0, 0])
+            n[0] += 1
+            n[1] += int(hit)
+    if len(seen) < 2:
+        return None
+    rate = {lab: hits / total for lab, (total, hits) in seen.items()}
+    top = max(rate, key=lambda lab: (rate[lab], lab))
+    if seen[top][1] < 2 or any(rate[top] < lift * r for lab, r in rate.items() if lab != top):
+        return None
+    others = [lab for lab in labels if lab != top]
+    return LabelSide(top, others[0] if len(others) == 1 else None, seen[top][1], seen[top][0])
+
+
+def _fires(sf: SampleFeatures, feature: int, delta: float) -> bool:
+    hit = np.flatnonzero(sf.feature_ids == feature)
+    return bool(hit.size and sf.max_acts[hit[0]] > delta)
 
 
 def _label(meta: dict[str, Any]) -> str | None:

@@ -71,6 +71,7 @@ def build_request(res: Resources, cfg: RunConfig, feature: int, attempt: int, st
         feature=feature, step=step, strategy=cfg.strategy, task=res.task, explanation=res.explanation(feature),
         spans=spans, threshold=res.threshold, style=list(style), request=requests,
         examples=res.seed_examples(feature, n=AGENT_EXAMPLES) if cfg.strategy == "agent" else [],
+        side=res.label_side(feature) if cfg.strategy == "agent" and cfg.label_pairs else None,
     )
     if step == 2:
         usable = [c for c in history if not (c.reason or "").startswith("quality:")]  # no echo or stub as an example

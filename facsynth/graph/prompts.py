@@ -5,8 +5,11 @@ Step 2 adds the contrastive pair, as in the paper: the strongest and the weakest
 so far, each with its activating span and score, and the rule "if the strong score is
 high, reuse its activating phrase verbatim, else paraphrase it". The agent strategy adds
 two seed samples (for the format and register, as the unguided baseline has them), the
-verifier's feedback on the last attempt and the run's style directives; the paper
-strategy asks for two samples and gets no feedback. The unguided baseline shows no
+verifier's feedback on the last attempt and the run's style directives. On a labelled task
+whose anchor shows which label the target marks (:func:`facsynth.graph.context.label_side`),
+the agent writes its pair across the label boundary: the positive with that label, the
+contrast sample with the other, on the same subject (a minimal pair for a classifier). The
+paper strategy asks for two samples and gets no feedback. The unguided baseline shows no
 feature at all: a few seed examples and "write two new samples like these" (self-instruct).
 """
 
@@ -93,6 +96,20 @@ def task_sample_format(task: TaskSpec) -> str:
     return str((task.format or {}).get("sample") or "one user message (a prompt to an assistant)")
 
 
+@dataclass(frozen=True)
+class LabelSide:
+    """On a labelled task, the label whose samples carry a feature (from the anchor's labels)."""
+
+    label: str
+    """The label the feature marks: the agent's positive is written with it."""
+    other: str | None
+    """The contrast sample's label: the other label of a two-label task (None: any other)."""
+    hits: int = 0
+    """Anchor samples of ``label`` the feature shows in ..."""
+    total: int = 0
+    """... of this many."""
+
+
 @dataclass
 class Shown:
     """An earlier candidate as the prompt shows it."""
@@ -123,6 +140,9 @@ class GenerationRequest:
     shows them for the format and register only."""
     request: bool = False
     """The run's quality rule asks for requests (its anchor is made of them): the prompt says so."""
+    side: LabelSide | None = None
+    """Agent, labelled task: the label the target marks; the pair is then written across the
+    label boundary (the positive with it, the contrast sample with another)."""
 
 
 def _examples_block(req: GenerationRequest, labels: tuple[str, ...] | None, header: str) -> list[str]:
@@ -184,6 +204,9 @@ def render(req: GenerationRequest) -> list[tuple[str, str]]:
         block = [] if req.strategy == "paper" else _examples_block(
             req, labels, "Examples of the data (match their format and register; never copy them):")
         lines += block + ([""] if block else []) + _feature_block(req)
+        if req.side is not None and labels and req.strategy == "agent":
+            lines.append(f"The theme is typical of {req.side.label} samples (it shows in {req.side.hits} of "
+                         f"{req.side.total} {req.side.label} samples of the task's data).")
     if req.step == 2:
         lines.append("")
         lines += _pair_block(req)
@@ -203,6 +226,11 @@ def render(req: GenerationRequest) -> list[tuple[str, str]]:
     elif req.strategy == "paper":
         fields = [(FIRST, "a new sample in the sample format that contains the marked words"),
                   (SECOND, "another, different sample in the sample format that contains them too")]
+    elif req.side is not None and labels:
+        other = f"a {req.side.other} sample" if req.side.other else f"a sample with another label than {req.side.label}"
+        fields = [(POSITIVE, f"a new {req.side.label} sample in the sample format, on a subject of its own, built around "
+                             "the theme: use its marked key words verbatim, as a natural part of the sample"),
+                  (NEGATIVE, f"{other} on the same subject and in the same format that leaves the theme and its key words out")]
     else:
         fields = [(POSITIVE, "a new sample in the sample format, on a subject of its own, built around the theme: "
                              "use its marked key words verbatim, as a natural part of the sample"),

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from facsynth.agent.tasks import PRESETS
+from facsynth.graph.context import label_side
 from facsynth.graph.prompts import (
     NEGATIVE,
     POSITIVE,
     REPLY_ECHOES,
     GenerationRequest,
+    LabelSide,
     Shown,
     render,
     reply_examples,
@@ -66,3 +68,37 @@ def test_a_labelled_task_asks_for_labels_and_a_reply_gives_role_text_and_label()
     assert reply_examples("agent", reply) == [("positive", "Call me when you land", "ham"),
                                               ("negative", "Claim your free cruise today", "spam")]
     assert POSITIVE in REPLY_ECHOES and "sample_using_the_marked_words" in REPLY_ECHOES
+
+
+def test_a_feature_that_marks_a_label_gets_a_pair_across_the_label_boundary() -> None:
+    req = request("agent", examples=[("WIN a free prize now", "spam")], side=LabelSide("spam", "ham", 9, 12))
+    req.task = PRESETS["sms-spam"]
+    text = user_text(req)
+    assert "The theme is typical of spam samples (it shows in 9 of 12 spam samples" in text
+    assert f'"{POSITIVE}": a new spam sample in the sample format' in text
+    assert f'"{NEGATIVE}": a ham sample on the same subject' in text
+    # the writer still labels each sample (the label check reads what it gave)
+    assert f'"{POSITIVE}_label": its label (spam or ham)' in text
+    # without a side (no labelled anchor, or no label stands out) the writer picks the labels
+    req.side = None
+    plain = user_text(req)
+    assert "typical of" not in plain and "a new spam sample" not in plain and f'"{NEGATIVE}": a sample on the same subject' in plain
+
+
+def test_label_side_names_the_label_a_feature_shows_in_clearly_more_often() -> None:
+    labels = ("spam", "ham")
+    anchor = [("spam", True)] * 6 + [("spam", False)] * 4 + [("ham", True)] * 3 + [("ham", False)] * 17
+    assert label_side(anchor, labels) == LabelSide("spam", "ham", 6, 10)  # 60% of spam vs 15% of ham
+    # labels are read case-insensitively; samples with no label or another one do not count
+    assert label_side([("SPAM", hit) for _, hit in anchor[:10]] + anchor[10:] + [(None, True)] * 9, labels) == \
+        LabelSide("spam", "ham", 6, 10)
+    # about as often in both labels: no side, and the writer picks the labels as before
+    assert label_side([("spam", True)] * 5 + [("spam", False)] * 5 + [("ham", True)] * 4 + [("ham", False)] * 6, labels) is None
+    # shows in one sample only: too little to say
+    assert label_side([("ham", True)] + [("ham", False)] * 9 + [("spam", False)] * 10, labels) is None
+    # an anchor of one label (or none) says nothing about the other
+    assert label_side([("spam", True)] * 5, labels) is None
+    # three labels: the contrast sample may carry any other one
+    three = ("negative", "neutral", "positive")
+    side = label_side([("negative", True)] * 4 + [("neutral", False)] * 4 + [("positive", True)] + [("positive", False)] * 3, three)
+    assert side == LabelSide("negative", None, 4, 4)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from facsynth.graph.config import RunConfig
 from facsynth.graph.prompts import NEGATIVE, POSITIVE, REQUEST_RULE
 from facsynth.graph.report import coverage_report
 from facsynth.graph.runner import execute, prepare_run
+from facsynth.paths import shipped
 from facsynth.tools.quality import JUDGE_SYSTEM
 
 pytestmark = pytest.mark.slow
@@ -93,3 +95,48 @@ def test_judge_verdicts_are_recorded_and_a_reply_that_does_not_parse_leaves_the_
     assert rep.quality is not None and rep.quality.judged == {"No": 1, "failed": 1}
     assert rep.quality.thresholds["max_loss"] == cal["max_loss"] and rep.quality.anchor == cal["anchor"]
     assert rep.covered_by_negatives == (rep.covered_by_run if rep.samples_by_role.get("negative") else 0)
+
+
+def _sms(tmp_path: Path) -> tuple[Path, Path, int]:
+    """(seed, anchor, spam samples in the anchor): 6 real SMS to extend, 60 labelled ones read."""
+    sms = shipped("sms_spam")
+    seed, anchor = tmp_path / "seed.jsonl", tmp_path / "anchor.jsonl"
+    seed.write_text("".join((sms / "seed.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:6]), encoding="utf-8")
+    rows = (sms / "anchor.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:60]
+    anchor.write_text("".join(rows), encoding="utf-8")
+    return seed, anchor, sum(json.loads(r)["label"] == "spam" for r in rows)
+
+
+@pytest.mark.parametrize("pairs", [True, False])
+def test_on_a_labelled_task_the_agent_asks_for_pairs_across_the_label_the_target_marks(
+    reader, fake_llm, tmp_path: Path, pairs: bool
+) -> None:
+    seed, anchor, n_spam = _sms(tmp_path)
+    assert 5 <= n_spam <= 55
+    fake_llm.default = Reply(content=json.dumps({
+        POSITIVE: "WINNER! Claim your free prize now, text WIN to 80086", f"{POSITIVE}_label": "spam",
+        NEGATIVE: "Are we still meeting for lunch at noon tomorrow?", f"{NEGATIVE}_label": "ham"}))
+    llm = {"base_url": fake_llm.url, "model": "fake-model", "temperature": 0.8, "max_tokens": 320}
+    cfg = RunConfig.model_validate({
+        "task": "sms-spam", "seed": str(seed), "anchor": str(anchor), "llm": llm, "quality": False,
+        "max_features": 24, "batch": 24, "max_attempts": 1, "budget": {"calls": 24}, "label_pairs": pairs,
+    })
+    prepare_run(cfg, "pairs", reader.store, reader)
+    execute(reader.store, "pairs", llm=LLMClient(cfg.llm, store=reader.store), reader=reader)
+    prompts = [str(r.body["messages"][-1]["content"]) for r in fake_llm.requests]
+    assert len(prompts) == 24
+    marked = re.compile(r"The theme is typical of (spam|ham) samples \(it shows in (\d+) of (\d+) (spam|ham) samples")
+    sides = [m for p in prompts if (m := marked.search(p))]
+    if not pairs:  # the writer picks the labels: no prompt names a side
+        assert not sides and not any("a new spam sample" in p or "a new ham sample" in p for p in prompts)
+        return
+    # SMS features split by label: spam's cues name spam, with the anchor's own counts
+    assert any(m[1] == "spam" for m in sides), prompts[0]
+    for p, m in ((p, marked.search(p)) for p in prompts):
+        if m is None:
+            assert "a new spam sample" not in p and "a new ham sample" not in p
+            continue
+        label, hits, total = m[1], int(m[2]), int(m[3])
+        assert total == (n_spam if label == "spam" else 60 - n_spam) and 2 <= hits <= total
+        other = "ham" if label == "spam" else "spam"
+        assert f'"{POSITIVE}": a new {label} sample' in p and f'"{NEGATIVE}": a {other} sample on the same subject' in p
