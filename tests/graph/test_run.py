@@ -255,13 +255,23 @@ def test_ctrl_c_stops_the_run_which_resumes_where_it_stopped(reader, fake_llm, d
     fake_llm.default = Reply(content=json.dumps({POSITIVE: "Okay then", NEGATIVE: "Fine thanks"}), delay_s=0.8)
     cfg = _fake_cfg(fake_llm, seed, anchor, max_features=2, max_attempts=3)
     prepare_run(cfg, "ctrl-c", reader.store, reader)
-    timer = threading.Timer(2.0, lambda: os.kill(os.getpid(), signal.SIGINT))
-    timer.start()
+    done = threading.Event()
+
+    def ctrl_c_on_the_first_call() -> None:  # not a fixed timer: under load the run may not be waiting yet
+        while not fake_llm.requests and not done.wait(0.01):
+            pass
+        if not done.is_set():
+            os.kill(os.getpid(), signal.SIGINT)
+
+    watcher = threading.Thread(target=ctrl_c_on_the_first_call, daemon=True)
+    watcher.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             execute(reader.store, "ctrl-c", llm=LLMClient(cfg.llm, store=reader.store), reader=reader)
     finally:
-        timer.cancel()
+        done.set()
+        watcher.join()
+    assert 1 <= len(fake_llm.requests) <= 2  # stopped while the first batch waited for its replies
     runs = Runs(reader.store)
     stopped = runs.summary("ctrl-c").run
     assert (stopped.status, stopped.stop_reason) == ("stopped", "interrupted (Ctrl-C)")
