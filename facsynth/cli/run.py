@@ -184,7 +184,9 @@ def _print_report(rep: Any) -> None:
     else:
         th = q.thresholds
         t.add_row("quality rule", (
-            f"loss <= {th['max_loss']:.2f}, words >= {th['min_words']:.0%}, topic distance <= {th['max_distance']:.3f}"
+            f"loss <= {th['max_loss']:.2f}, words >= {th['min_words']:.0%}"
+            + (f", end log-prob >= {th['min_end']:.1f}" if "min_end" in th else "")
+            + f", topic distance <= {th['max_distance']:.3f}"
             f"{', a request' if th['request_check'] else ''}: calibrated on the {th['corpus']} ({th['n']} samples, "
             f"{th['pass_rate']:.0%} pass)"))
 

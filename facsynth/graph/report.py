@@ -28,8 +28,8 @@ class FeatureOutcome(BaseModel):
 
 
 class QualityFigures(BaseModel):
-    """The run's quality thresholds and the share passing each check (``fluent``, ``on_topic``,
-    ``request``, ``all``) for the anchor, the seed and the samples that joined."""
+    """The run's quality thresholds and the share passing each check (``fluent``, ``finished``,
+    ``on_topic``, ``request``, ``all``) for the anchor, the seed and the samples that joined."""
 
     thresholds: dict[str, float | bool | int | str]
     anchor: dict[str, float]
@@ -105,12 +105,13 @@ def _quality(runs: Runs, run_id: int, config: dict, samples: list) -> QualityFig
         return None
     cal = Calibration.model_validate(raw)
     read = [smp.candidate.checks for smp in samples if smp.candidate.checks and "loss" in smp.candidate.checks]
-    signals = [Signals(float(c["loss"]), float(c["distance"]), bool(c["request"]), float(c.get("words", 1.0))) for c in read]
+    signals = [Signals(float(c["loss"]), float(c["distance"]), bool(c["request"]), float(c.get("words", 1.0)),
+                       float(c.get("end", "nan"))) for c in read]
     judged: dict[str, int] = {}
     for c in runs.candidates(run_id):
         if c.checks and "judge" in c.checks:
             judged[c.checks["judge"]] = judged.get(c.checks["judge"], 0) + 1
-    thresholds = cal.model_dump(exclude={"anchor", "seed", "label"})
+    thresholds = cal.model_dump(exclude={"anchor", "seed", "label"}, exclude_none=True)
     label = None
     if cal.label is not None:
         label = {"labels": ", ".join(cal.label.labels), "min_prob": cal.label.min_prob,

@@ -13,6 +13,10 @@ negatives alike:
   its whitespace-separated pieces that are words (letters, with punctuation around them) is
   at least ``min_words`` (SmolLM2 predicts a chord chart such as "EbMaj7|C9|Gb5|..." about
   as well as a terse human prompt, so the loss alone lets it through);
+* **finished**: the log-probability the subject model gives the end of the turn right after
+  the text (the template's end token) is at least ``min_end``: a text cut off mid-sentence
+  ("@anonymous I may have accidentally", about -25 on SmolLM2-135M, where the tweet anchor's
+  5% quantile is about -12.6) passes the loss check, not this one;
 * **on topic**: the cosine distance of its mean-pooled hidden state (the SAE layer, as the
   encoder pools it) to its ``k`` nearest anchor samples, after centring on the anchor's
   mean, is at most ``max_distance``;
@@ -27,7 +31,7 @@ negatives alike:
 
 The thresholds are calibrated on the anchor itself (the seed when the run has no anchor),
 the distance read leave-one-out: each is the anchor's ``q`` quantile (``1 - q`` for the word
-share), with the smallest ``q >= pass_rate`` at which ``pass_rate`` (0.95) of the anchor
+share and the end log-probability), with the smallest ``q >= pass_rate`` at which ``pass_rate`` (0.95) of the anchor
 passes every check together. :func:`calibrate` runs once per run; the numbers are stored in the
 run's setup, so a resumed run judges with the same ones, and reported beside FAC with the
 share of the anchor and the seed that passes each check.
@@ -66,6 +70,7 @@ REASONS: dict[str, str] = {
     "assistant_voice": "speaks as an AI model",
     "copies_task_text": "copies a run of words from a seed or anchor text",
     "not_fluent": "not fluent (model loss above the anchor's range)",
+    "unfinished": "stops mid-sentence (the model does not expect the text to end there)",
     "off_topic": "off topic (hidden state far from the anchor)",
     "not_a_request": "not a request a user would send an assistant",
     "wrong_label": "its label disagrees with a probe trained on the anchor's labels",
@@ -79,7 +84,7 @@ REASONS: dict[str, str] = {
 
 QUALITY_CODES = frozenset(
     {"too_short", "echoes_format", "about_instructions", "placeholder", "assistant_voice", "copies_task_text", "not_fluent",
-     "off_topic", "not_a_request", "wrong_label", "judge_no"}
+     "unfinished", "off_topic", "not_a_request", "wrong_label", "judge_no"}
 )
 """Codes of a candidate that is no usable sample, whatever it fires."""
 
@@ -91,6 +96,7 @@ ADVICE: dict[str, str] = {
     "assistant_voice": "write the sample as its author would, never as an AI model",
     "copies_task_text": "write it in your own words: copy no snippet or example",
     "not_fluent": "write plain, fluent English sentences, no lists of codes, symbols or version numbers",
+    "unfinished": "write the sample to its end: a complete text, not one cut off mid-sentence",
     "off_topic": "stay with everyday requests like the snippets' sources",
     "not_a_request": "write it as a question or an instruction a user sends an assistant ('How do I ...?', 'Write ...')",
     "wrong_label": "give each sample the label that fits its text (or write a text that fits the label)",
@@ -98,7 +104,7 @@ ADVICE: dict[str, str] = {
 }
 """What the generator is told after a rejection of each quality code."""
 
-CHECKS = ("fluent", "on_topic", "request")
+CHECKS = ("fluent", "finished", "on_topic", "request")
 """The model checks, in the order they are applied (after the text checks)."""
 REQUEST_MIN = 0.8
 """The request check applies when at least this share of the calibration corpus passes it."""
@@ -345,14 +351,21 @@ class Signals:
     request: bool
     words: float = 1.0
     """:func:`word_share` of its text."""
+    end: float = float("nan")
+    """Log-probability the subject model gives the end of the turn right after the text (nan:
+    not read, or the model's template has no end token there): low for a text cut off
+    mid-sentence ("I may have accidentally"), which per-token loss does not catch."""
 
     def as_dict(self) -> dict[str, float | bool]:
-        return {"loss": round(self.loss, 4), "words": round(self.words, 4), "distance": round(self.distance, 4),
-                "request": self.request}
+        out: dict[str, float | bool] = {"loss": round(self.loss, 4), "words": round(self.words, 4),
+                                        "distance": round(self.distance, 4), "request": self.request}
+        if np.isfinite(self.end):
+            out["end"] = round(self.end, 4)
+        return out
 
 
-_LOSSES: weakref.WeakKeyDictionary[FeatureEncoder, dict[str, float]] = weakref.WeakKeyDictionary()
-"""Losses already computed, per encoder and sample hash (a run's anchor is read once per process)."""
+_LOSSES: weakref.WeakKeyDictionary[FeatureEncoder, dict[str, tuple[float, float]]] = weakref.WeakKeyDictionary()
+"""(loss, end) already computed, per encoder and sample hash (a run's anchor is read once per process)."""
 
 
 def content_losses(encoder: FeatureEncoder, samples: Sequence[Sample]) -> np.ndarray:
@@ -362,12 +375,23 @@ def content_losses(encoder: FeatureEncoder, samples: Sequence[Sample]) -> np.nda
     each content token is predicted from everything before it, the template included).
     Only the content positions go through the LM head, so memory stays small.
     """
+    return _read_losses(encoder, samples)[:, 0]
+
+
+def end_logprobs(encoder: FeatureEncoder, samples: Sequence[Sample]) -> np.ndarray:
+    """Log-probability of the template token right after each sample's content (the end of
+    the turn) under the subject model, from the same forward as :func:`content_losses`; nan
+    where the template puts no token there."""
+    return _read_losses(encoder, samples)[:, 1]
+
+
+def _read_losses(encoder: FeatureEncoder, samples: Sequence[Sample]) -> np.ndarray:
     known = _LOSSES.setdefault(encoder, {})
     todo = list({s.sample_hash: s for s in samples if s.sample_hash not in known}.values())
     if todo:
-        for s, loss in zip(todo, _forward_losses(encoder, todo)):
-            known[s.sample_hash] = float(loss)
-    return np.array([known[s.sample_hash] for s in samples], dtype=np.float64)
+        for s, row in zip(todo, _forward_losses(encoder, todo)):
+            known[s.sample_hash] = (float(row[0]), float(row[1]))
+    return np.array([known[s.sample_hash] for s in samples], dtype=np.float64).reshape(len(samples), 2)
 
 
 def _forward_losses(encoder: FeatureEncoder, samples: Sequence[Sample]) -> np.ndarray:
@@ -378,7 +402,7 @@ def _forward_losses(encoder: FeatureEncoder, samples: Sequence[Sample]) -> np.nd
     device = encoder.subject.device
     base = getattr(model, model.base_model_prefix, model)
     head = model.get_output_embeddings()
-    out = np.zeros(len(toks), dtype=np.float64)
+    out = np.full((len(toks), 2), np.nan, dtype=np.float64)  # (mean content loss, end log-prob)
     with torch.inference_mode():
         for idx in encoder.batches(toks):
             batch = [toks[i] for i in idx]
@@ -392,12 +416,14 @@ def _forward_losses(encoder: FeatureEncoder, samples: Sequence[Sample]) -> np.nd
             for row, (i, t) in enumerate(zip(idx, batch)):
                 pos = [p for p in range(1, len(t.input_ids)) if t.content[p]]  # a token predicted from the ones before
                 if not pos:
-                    out[i] = float("nan")
                     continue
-                at = torch.tensor(pos, device=hidden.device)
+                end = pos[-1] + 1  # the template's token after the content: the end of the turn
+                at = torch.tensor(pos + ([end] if end < len(t.input_ids) else []), device=hidden.device)
                 logits = head(hidden[row, at - 1]).float()
-                nll = torch.nn.functional.cross_entropy(logits, ids[row, pos].to(hidden.device), reduction="mean")
-                out[i] = float(nll)
+                nll = torch.nn.functional.cross_entropy(logits[: len(pos)], ids[row, pos].to(hidden.device), reduction="mean")
+                out[i, 0] = float(nll)
+                if end < len(t.input_ids):
+                    out[i, 1] = float(logits[-1].log_softmax(-1)[int(t.input_ids[end])])
     return out
 
 
@@ -439,11 +465,11 @@ def read_signals(
     ``distances`` given (the anchor's leave-one-out ones) replace the index's."""
     if not samples:
         return []
-    losses = content_losses(encoder, samples)
+    read = _read_losses(encoder, samples)
     dist = index.distances(np.stack(pooled)) if distances is None else distances
     return [
-        Signals(float(loss), float(d), is_request(s.plain_text), word_share(s.plain_text))
-        for s, loss, d in zip(samples, losses, dist)
+        Signals(float(loss), float(d), is_request(s.plain_text), word_share(s.plain_text), float(end))
+        for s, (loss, end), d in zip(samples, read, dist)
     ]
 
 
@@ -551,6 +577,9 @@ class Calibration(BaseModel):
     max_loss: float
     min_words: float
     max_distance: float
+    min_end: float | None = None
+    """Lowest end-of-turn log-probability (:attr:`Signals.end`) that passes (None: the check is
+    off: a run calibrated before it existed, or a model whose template has no end token)."""
     k: int
     request_check: bool
     """On when the calibration corpus is made of requests (at least :data:`REQUEST_MIN` of it passes)."""
@@ -572,12 +601,14 @@ class Calibration(BaseModel):
 
 
 
-def _thresholds(signals: Sequence[Signals], q: float) -> tuple[float, float, float]:
+def _thresholds(signals: Sequence[Signals], q: float) -> tuple[float, float, float, float | None]:
     loss = np.array([s.loss for s in signals if np.isfinite(s.loss)])
     words = np.array([s.words for s in signals])
     dist = np.array([s.distance for s in signals])
+    ends = np.array([s.end for s in signals if np.isfinite(s.end)])
+    min_end = round(float(np.quantile(ends, 1.0 - q)), 4) if len(ends) >= max(2, len(signals) // 2) else None
     return (round(float(np.quantile(loss, q)), 4), round(float(np.quantile(words, 1.0 - q)), 4),
-            round(float(np.quantile(dist, q)), 4))
+            round(float(np.quantile(dist, q)), 4), min_end)
 
 
 def calibrate(signals: Sequence[Signals], *, pass_rate: float, k: int, corpus: Literal["anchor", "seed"]) -> Calibration:
@@ -589,10 +620,10 @@ def calibrate(signals: Sequence[Signals], *, pass_rate: float, k: int, corpus: L
     request_check = requests >= REQUEST_MIN
     cal = None
     for q in np.linspace(pass_rate, 1.0, 81):
-        max_loss, min_words, max_distance = _thresholds(signals, float(q))
+        max_loss, min_words, max_distance, min_end = _thresholds(signals, float(q))
         cal = Calibration(
             pass_rate=pass_rate, quantile=round(float(q), 4), max_loss=max_loss, min_words=min_words,
-            max_distance=max_distance, k=k, request_check=request_check, corpus=corpus, n=len(signals),
+            max_distance=max_distance, min_end=min_end, k=k, request_check=request_check, corpus=corpus, n=len(signals),
         )
         if np.mean([not failed_checks(s, cal) for s in signals]) >= pass_rate:
             break
@@ -638,6 +669,8 @@ def failed_checks(s: Signals, cal: Calibration) -> list[str]:
     failed = []
     if not s.loss <= cal.max_loss or s.words < cal.min_words:  # a NaN loss (nothing to predict) fails
         failed.append("fluent")
+    if cal.min_end is not None and s.end < cal.min_end:  # nan (not read) passes
+        failed.append("finished")
     if s.distance > cal.max_distance:
         failed.append("on_topic")
     if cal.request_check and not s.request:
@@ -645,7 +678,7 @@ def failed_checks(s: Signals, cal: Calibration) -> list[str]:
     return failed
 
 
-_CHECK_CODE = {"fluent": "not_fluent", "on_topic": "off_topic", "request": "not_a_request"}
+_CHECK_CODE = {"fluent": "not_fluent", "finished": "unfinished", "on_topic": "off_topic", "request": "not_a_request"}
 
 
 def model_problem(s: Signals, cal: Calibration) -> Problem | None:
@@ -658,6 +691,9 @@ def model_problem(s: Signals, cal: Calibration) -> Problem | None:
         return Problem("not_fluent", f"not fluent: {s.words:.0%} of it is words, the anchor's range starts at {cal.min_words:.0%}")
     if check == "fluent":
         return Problem("not_fluent", f"not fluent: model loss {s.loss:.2f} > {cal.max_loss:.2f}, the anchor's range")
+    if check == "finished":
+        return Problem("unfinished", f"unfinished: it stops mid-sentence (log-probability of ending there {s.end:.1f} "
+                                     f"< {cal.min_end:.1f}, the anchor's range)")
     if check == "on_topic":
         return Problem("off_topic", f"off topic: distance to the anchor {s.distance:.3f} > {cal.max_distance:.3f}")
     return Problem("not_a_request", "not a request a user would send an assistant (no question, no request verb)")

@@ -88,7 +88,8 @@ def test_the_anchor_passes_at_the_calibrated_rate_and_the_seed_passes(calibrated
     reader, cal, index = calibrated
     assert (cal.corpus, cal.n, cal.pass_rate, cal.request_check) == ("anchor", 240, 0.95, True)
     assert 0.95 <= cal.anchor["all"] <= 0.97  # every check together lets the calibrated share through
-    assert all(cal.anchor[c] >= 0.95 for c in ("fluent", "on_topic", "request"))
+    assert all(cal.anchor[c] >= 0.95 for c in ("fluent", "finished", "on_topic", "request"))
+    assert cal.min_end is not None and cal.min_end < -5  # SmolLM2's template ends each turn with <|im_end|>
     assert cal.seed["all"] >= 0.85  # the seed is a narrow slice of the same kind of prompts
     # the same figures read again, sample by sample, outside the calibration
     seed = list(load_dataset(shipped("demo", "seed.jsonl")))
@@ -105,6 +106,23 @@ def test_natural_requests_on_the_anchors_topics_pass(calibrated) -> None:
                  "How do I change the oil filter on a 2012 Honda Civic?"):
         problem, _ = _problem(reader, cal, index, text)
         assert problem is None, (text, problem)
+
+
+@pytest.mark.parametrize(
+    ("cut", "full"),
+    [
+        ("How do I change the oil filter on a", "How do I change the oil filter on a 2012 Honda Civic?"),
+        ("Plan a three day trip to the mountains with a", "Plan a three day trip to the mountains with a tight budget."),
+        ("Can you explain why the sky looks blue during the", "Can you explain why the sky looks blue during the day?"),
+    ],
+)
+def test_a_request_cut_off_mid_sentence_is_unfinished_and_the_whole_one_passes(calibrated, cut: str, full: str) -> None:
+    """A writer that runs out of tokens leaves such texts; per-token loss lets them through."""
+    reader, cal, index = calibrated
+    problem, read = _problem(reader, cal, index, cut)
+    assert problem is not None and problem.code == "unfinished", (cut, problem)
+    assert read is not None and read[1].loss <= cal.max_loss  # fluent as far as it goes: only the end gives it away
+    assert _problem(reader, cal, index, full)[0] is None
 
 
 def test_loss_is_the_mean_next_token_loss_of_the_content_tokens(subject, encoder) -> None:
@@ -207,6 +225,15 @@ def test_calibration_lets_the_pass_rate_through_every_check_together() -> None:
     # a corpus that is mostly not requests turns the request check off rather than rejecting everything
     statements = [Signals(s.loss, s.distance, i % 3 == 0, s.words) for i, s in enumerate(sig)]
     assert calibrate(statements, pass_rate=0.9, k=3, corpus="anchor").request_check is False
+    assert cal.min_end is None  # no end log-probability read: the check is off, as for a run calibrated before it
+    # with them read: the end check sits at the same quantile, and a text cut off mid-sentence fails it
+    ends = [Signals(s.loss, s.distance, True, s.words, float(e)) for s, e in zip(sig, rng.normal(-4, 2, 400))]
+    cal = calibrate(ends, pass_rate=0.9, k=3, corpus="anchor")
+    assert cal.min_end == pytest.approx(np.quantile([s.end for s in ends], 1 - cal.quantile), abs=1e-3)
+    assert 0.9 <= np.mean([not failed_checks(s, cal) for s in ends]) <= 0.92
+    cut = Signals(3.0, 0.3, True, 1.0, -25.0)
+    assert failed_checks(cut, cal) == ["finished"] and model_problem(cut, cal).code == "unfinished"
+    assert failed_checks(Signals(3.0, 0.3, True, 1.0), cal) == []  # not read (nan): passes
 
 
 def test_topic_distance_leaves_each_anchor_sample_out_of_its_own_neighbours() -> None:
