@@ -117,7 +117,7 @@ _SPACE = re.compile(r"\s+")
 
 META = re.compile(
     r"\b(marked (?:key )?(?:words?|phrases?)|(?:its|the theme's) key words?|key words? verbatim|(?:its|the) central theme|the theme (?:more )?central|the theme as it is|snippets?|(?:this|the|a|new|another|similar|same) (?:sample|example)s?|"
-    r"without them|contains? them|same style|reply format|(?:the )?instructions? above|above instructions?|"
+    r"without them|contains? them|same style|reply format|leave (?:that|it|them) out of it|(?:the )?instructions? above|above instructions?|"
     r"(?:my|your) (?:next|previous|last) (?:response|reply|answer)|this formatting)\b",
     re.IGNORECASE,
 )
@@ -213,8 +213,12 @@ def normalize_text(text: str) -> str:
     return _SPACE.sub(" ", _PUNCT.sub(" ", text)).strip()
 
 
+REPEAT_MIN = 6
+"""A text of this many words or more that is one word repeated ("@an @an @an ...") is no sample."""
+
+
 def text_problem(sample: Sample, *, min_words: int, echoes: Iterable[str] = ()) -> Problem | None:
-    """The text checks (no model): too few words, a text that only repeats a reply key or
+    """The text checks (no model): too few words, one word repeated, a text that only repeats a reply key or
     schema name (a small generator writes ``ContrastivePair`` where a sample belongs), one
     that talks about the instructions (:data:`META`), one that leaves a slot to fill
     (:data:`PLACEHOLDER`), one that speaks as an AI model (:data:`AI_SELF`). None when it
@@ -223,6 +227,9 @@ def text_problem(sample: Sample, *, min_words: int, echoes: Iterable[str] = ()) 
     words = len(_WORD.findall(text))
     if words < min_words:
         return Problem("too_short", f"too short: {words} word(s), needs at least {min_words}")
+    distinct = {w.lower() for w in _WORD.findall(text)}
+    if words >= REPEAT_MIN and len(distinct) == 1:
+        return Problem("not_fluent", f"not fluent: one word, {next(iter(distinct))!r}, repeated {words} times")
     norm = normalize_text(text.replace("_", " "))
     for echo in echoes:
         if norm == normalize_text(echo.replace("_", " ")):

@@ -208,6 +208,22 @@ def test_marks_copied_around_words_of_a_sentence_are_removed_anything_else_is_re
         assert out == clean and text_problem(Sample(text=out), min_words=4) is None
 
 
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        # accepted by the tweet experiment's agent arm before these checks (bench/proof.py, 2026-12-06)
+        ("@an @an @an @an @an @an @an @an @an @an @an @an @an @an @an @an @an @an @an @an @an @an", "not_fluent"),
+        ("@anonymous I'm so bored of this job. Maybe leave that out of it", "about_instructions"),  # the feedback's words
+        # real tweets of the shipped data that repeat themselves pass
+        ("Appreciating @anonymous @anonymous @anonymous @anonymous @anonymous @anonymous @anonymous @anonymous", None),
+        ("I hate, hate, hate blue shield.", None),
+    ],
+)
+def test_one_word_repeated_or_the_feedbacks_words_are_no_sample(text: str, code: str | None) -> None:
+    problem = text_problem(Sample(text=text), min_words=4)
+    assert (problem.code if problem else None) == code
+
+
 def test_word_share() -> None:
     assert word_share("Plan a three day trip, please!") == 1.0
     assert word_share("EbMaj7|C9|Gb5|Bbb♠") == 0.0
