@@ -26,8 +26,9 @@ scored class. ``--keep DIR`` keeps the store and sets; ``--rescore DIR`` scores 
 
 Every candidate passes the same quality rule (on this labelled task: the label check too);
 a set kept by an older rule (``--rescore``) is checked again with today's text checks (a copy
-of a seed or anchor text, an AI model's voice), and what they refuse is left out and counted
-(``<arm>_left_out_by_text_checks``).
+of a seed or anchor text, an AI model's voice, one word repeated) and the end check (cut off
+mid-sentence), and what they refuse is left out and counted
+(``<arm>_left_out_by_todays_checks``).
 Only samples with a label count; the agent and unguided sets are cut to their common size
 (in acceptance order; or label by label, ``--cut label``), and the paper set joins the
 comparison when it has that many. Then:
@@ -53,6 +54,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +74,7 @@ from facsynth.graph.config import RunConfig  # noqa: E402
 from facsynth.tools.datasets import Dataset, Sample, load_dataset  # noqa: E402
 from facsynth.tools.downstream import EvalConfig  # noqa: E402
 from facsynth.tools.reader import Reader  # noqa: E402
-from facsynth.tools.quality import CopyIndex, text_problem  # noqa: E402
+from facsynth.tools.quality import CopyIndex, calibrate_on, end_logprobs, text_problem  # noqa: E402
 
 ARMS = ("agent", "paper", "unguided")
 LABELLED = {"sms-spam": ("sms_spam", "spam"), "tweet-sentiment": ("tweet_sentiment", "negative")}
@@ -100,14 +102,18 @@ def write_jsonl(path: Path, rows: list[tuple[str, str]]) -> Path:
     return path
 
 
-def usable(store: Store, run: str, copies: CopyIndex, dropped: dict[str, int] | None = None) -> list[tuple[str, str]]:
+def usable(store: Store, run: str, copies: CopyIndex, dropped: dict[str, int] | None = None,
+           unfinished: Callable[[list[str]], list[bool]] | None = None) -> list[tuple[str, str]]:
     """(text, label) of the run's accepted samples that carry a label, in acceptance order,
     less any the text checks of today's rule refuse (a copy of a seed or anchor text, an AI
-    model's voice, ...): a run kept by an older rule is scored on what this one would keep,
-    and ``dropped[run]`` counts what it left out."""
+    model's voice, ...) and, when rescoring, any ``unfinished`` finds cut off mid-sentence:
+    a run kept by an older rule is scored on what this one would keep, and ``dropped[run]``
+    counts what it left out."""
     rows = records(store, run)
     out = [(r["messages"][-1]["content"] if r["messages"] else "", r["label"]) for r in rows if r["label"]]
     kept = [(t, lab) for t, lab in out if text_problem(Sample(text=t), min_words=1) is None and copies.problem(t) is None]
+    if unfinished is not None and kept:
+        kept = [row for row, cut_off in zip(kept, unfinished([t for t, _ in kept])) if not cut_off]
     if dropped is not None:
         dropped[run] = len(out) - len(kept)
     return kept
@@ -222,6 +228,13 @@ def main() -> None:
             Store(f"sqlite:///{tmp_name}/proof.db") as store:
         tmp = Path(tmp_name)
         reader = Reader(sae=args.sae, store=store)
+        unfinished = None
+        if args.rescore:  # the end check (a model check, applied by today's runs) on runs kept before it existed
+            bar = calibrate_on(reader, anchor_set, full_seed, pass_rate=0.95).min_end
+            if bar is not None:
+                def unfinished(texts: list[str]) -> list[bool]:
+                    return [bool(e < bar) for e in end_logprobs(reader.encoder, [Sample(text=t) for t in texts])]
+                print(f"rescoring with today's end check: end log-probability >= {bar:.2f} (calibrated on the anchor)")
         if args.relevance == "contrast" and not args.rescore:
             resolve_task(Catalog(store), args.task)
             rel = contrast_relevance(reader, anchor_set, args.task, threshold=args.auroc, positive=[args.positive],
@@ -261,7 +274,7 @@ def main() -> None:
                 for arm in arms:
                     name = f"{arm}-{draw}"
                     if args.rescore:
-                        sets[arm] = usable(store, name, copies, dropped)
+                        sets[arm] = usable(store, name, copies, dropped, unfinished)
                         continue
                     rep = facsynth.synthesize(seed_file, run=name, store=store, reader=reader, client=client, strategy=arm,
                                               **{k: v for k, v in base.items() if k != "llm"}, llm=llm)
@@ -321,8 +334,8 @@ def main() -> None:
     for arm in ARMS:
         if used[arm]:
             print(f"{arm}_mean_calls={np.mean(used[arm]):.1f}")
-    for arm in arms:  # accepted by the run, refused by today's text checks (runs kept by an older rule)
-        print(f"{arm}_left_out_by_text_checks={sum(v for k, v in dropped.items() if k.rsplit('-', 1)[0] == arm)}")
+    for arm in arms:  # accepted by the run, refused by today's checks (runs kept by an older rule)
+        print(f"{arm}_left_out_by_todays_checks={sum(v for k, v in dropped.items() if k.rsplit('-', 1)[0] == arm)}")
     for arm in ARMS:
         mine = [p for p in points if p["arm"] == arm]
         if mine:
