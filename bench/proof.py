@@ -4,7 +4,7 @@ track the gain better than text metrics?
     python bench/proof.py [--task sms-spam|tweet-sentiment] [--seed-size 6] [--draws 3] [--calls 16]
                           [--size N --max-calls 60] [--writer NAME] [--relevance anchor|contrast [--both-sides]]
                           [--delta D|anchor[:Q]] [--sae SAE] [--negative-min-new N] [--arms agent,unguided]
-                          [--no-label-pairs]
+                          [--label-pairs]
 
 Setup: a shipped labelled set: ``--task sms-spam`` (``facsynth/data/sms_spam``: real SMS,
 spam/ham, positive class spam) or ``--task tweet-sentiment`` (``facsynth/data/tweet_sentiment``:
@@ -14,7 +14,7 @@ it, the same generator (the embedded llama.cpp server: SmolLM2-135M, or ``--writ
 same call budget produce three synthetic sets:
 
 - ``agent``: FAC-guided synthesis (contrastive pairs, across the label boundary the target
-  marks unless ``--no-label-pairs``; verifier feedback, retries);
+  marks with ``--label-pairs``; verifier feedback, retries);
 - ``paper``: the authors' fixed two steps per feature;
 - ``unguided``: self-instruct from seed examples, no features.
 
@@ -192,8 +192,8 @@ def main() -> None:
                     "--cut); generates nothing")
     ap.add_argument("--arms", default=",".join(ARMS), help="the arms to run, agent and unguided among them (leave "
                     "paper out to save its calls)")
-    ap.add_argument("--no-label-pairs", dest="label_pairs", action="store_false", help="the agent's writer picks "
-                    "both labels of each pair (default: the pair crosses the label boundary the target marks)")
+    ap.add_argument("--label-pairs", action="store_true", help="the agent writes each pair across the label "
+                    "boundary the target marks (run option --label-pairs; default: the writer picks both labels)")
     ap.add_argument("--positive", default=None, help="the positive label (contrast relevance and AUPRC; default: "
                     "the task's rarer class)")
     args = ap.parse_args()
@@ -259,8 +259,8 @@ def main() -> None:
             base["sae"] = args.sae
         if args.negative_min_new is not None:
             base["negative_min_new"] = args.negative_min_new
-        if not args.label_pairs:
-            base["label_pairs"] = False
+        if args.label_pairs:
+            base["label_pairs"] = True
         if args.delta is not None:
             base["delta"] = args.delta
         deltas = {"deltas": [args.delta]} if args.delta is not None else {}

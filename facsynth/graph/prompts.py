@@ -5,12 +5,13 @@ Step 2 adds the contrastive pair, as in the paper: the strongest and the weakest
 so far, each with its activating span and score, and the rule "if the strong score is
 high, reuse its activating phrase verbatim, else paraphrase it". The agent strategy adds
 two seed samples (for the format and register, as the unguided baseline has them), the
-verifier's feedback on the last attempt and the run's style directives. On a labelled task
-whose anchor shows which label the target marks (:func:`facsynth.graph.context.label_side`),
-the agent writes its pair across the label boundary: the positive with that label, the
-contrast sample with the other, on the same subject (a minimal pair for a classifier). The
-paper strategy asks for two samples and gets no feedback. The unguided baseline shows no
-feature at all: a few seed examples and "write two new samples like these" (self-instruct).
+verifier's feedback on the last attempt and the run's style directives. With ``label_pairs``,
+on a labelled task whose anchor shows which label the target marks
+(:func:`facsynth.graph.context.label_side`), the agent writes its pair across the label
+boundary: the positive with that label, the contrast sample with the other, on the same
+subject (a minimal pair). The paper strategy asks for two samples and gets no feedback.
+The unguided baseline shows no feature at all: a few seed examples and "write two new
+samples like these" (self-instruct).
 """
 
 from __future__ import annotations

@@ -119,7 +119,8 @@ def test_on_a_labelled_task_the_agent_asks_for_pairs_across_the_label_the_target
     llm = {"base_url": fake_llm.url, "model": "fake-model", "temperature": 0.8, "max_tokens": 320}
     cfg = RunConfig.model_validate({
         "task": "sms-spam", "seed": str(seed), "anchor": str(anchor), "llm": llm, "quality": False,
-        "max_features": 24, "batch": 24, "max_attempts": 1, "budget": {"calls": 24}, "label_pairs": pairs,
+        "max_features": 24, "batch": 24, "max_attempts": 1, "budget": {"calls": 24},
+        **({"label_pairs": True} if pairs else {}),  # off by default
     })
     prepare_run(cfg, "pairs", reader.store, reader)
     execute(reader.store, "pairs", llm=LLMClient(cfg.llm, store=reader.store), reader=reader)
@@ -127,7 +128,7 @@ def test_on_a_labelled_task_the_agent_asks_for_pairs_across_the_label_the_target
     assert len(prompts) == 24
     marked = re.compile(r"The theme is typical of (spam|ham) samples \(it shows in (\d+) of (\d+) (spam|ham) samples")
     sides = [m for p in prompts if (m := marked.search(p))]
-    if not pairs:  # the writer picks the labels: no prompt names a side
+    if not pairs:  # by default the writer picks the labels: no prompt names a side
         assert not sides and not any("a new spam sample" in p or "a new ham sample" in p for p in prompts)
         return
     # SMS features split by label: spam's cues name spam, with the anchor's own counts
