@@ -119,7 +119,7 @@ class Resources:
             labels = task_labels(self.task)
             named = self._anchor_labels() if labels else {}
             self._sides[feature] = label_side(
-                [(named.get(s.sample_hash), _fires(sf, feature, self.delta)) for s, sf in self.anchor], labels
+                [(named.get(s.sample_hash), bool(np.isin(feature, sf.active(self.delta)))) for s, sf in self.anchor], labels
             ) if labels and named else None
         return self._sides[feature]
 
@@ -249,11 +249,6 @@ def label_side(fired: list[tuple[str | None, bool]], labels: tuple[str, ...], li
         return None
     others = [lab for lab in labels if lab != top]
     return LabelSide(top, others[0] if len(others) == 1 else None, seen[top][1], seen[top][0])
-
-
-def _fires(sf: SampleFeatures, feature: int, delta: float) -> bool:
-    hit = np.flatnonzero(sf.feature_ids == feature)
-    return bool(hit.size and sf.max_acts[hit[0]] > delta)
 
 
 def _label(meta: dict[str, Any]) -> str | None:

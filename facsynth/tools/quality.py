@@ -15,8 +15,8 @@ negatives alike:
   as well as a terse human prompt, so the loss alone lets it through);
 * **finished**: the log-probability the subject model gives the end of the turn right after
   the text (the template's end token) is at least ``min_end``: a text cut off mid-sentence
-  ("@anonymous I may have accidentally", about -25 on SmolLM2-135M, where the tweet anchor's
-  5% quantile is about -12.6) passes the loss check, not this one;
+  ("@anonymous I may have accidentally": -25.4 on SmolLM2-135M, where the bar calibrated on
+  the tweet anchor is -15.0) passes the loss check, not this one;
 * **on topic**: the cosine distance of its mean-pooled hidden state (the SAE layer, as the
   encoder pools it) to its ``k`` nearest anchor samples, after centring on the anchor's
   mean, is at most ``max_distance``;
@@ -31,8 +31,8 @@ negatives alike:
 
 The thresholds are calibrated on the anchor itself (the seed when the run has no anchor),
 the distance read leave-one-out: each is the anchor's ``q`` quantile (``1 - q`` for the word
-share and the end log-probability), with the smallest ``q >= pass_rate`` at which ``pass_rate`` (0.95) of the anchor
-passes every check together. :func:`calibrate` runs once per run; the numbers are stored in the
+share and the end log-probability), with the smallest ``q >= pass_rate`` at which
+``pass_rate`` (0.95) of the anchor passes every check together. :func:`calibrate` runs once per run; the numbers are stored in the
 run's setup, so a resumed run judges with the same ones, and reported beside FAC with the
 share of the anchor and the seed that passes each check.
 
@@ -218,16 +218,17 @@ REPEAT_MIN = 6
 
 
 def text_problem(sample: Sample, *, min_words: int, echoes: Iterable[str] = ()) -> Problem | None:
-    """The text checks (no model): too few words, one word repeated, a text that only repeats a reply key or
-    schema name (a small generator writes ``ContrastivePair`` where a sample belongs), one
-    that talks about the instructions (:data:`META`), one that leaves a slot to fill
-    (:data:`PLACEHOLDER`), one that speaks as an AI model (:data:`AI_SELF`). None when it
+    """The text checks (no model): too few words, one word repeated, a text that only repeats
+    a reply key or schema name (a small generator writes ``ContrastivePair`` where a sample
+    belongs), one that talks about the instructions (:data:`META`), one that leaves a slot to
+    fill (:data:`PLACEHOLDER`), one that speaks as an AI model (:data:`AI_SELF`). None when it
     passes them. (Copies of the task's texts: :class:`CopyIndex`.)"""
     text = sample.plain_text
-    words = len(_WORD.findall(text))
+    found = _WORD.findall(text)
+    words = len(found)
     if words < min_words:
         return Problem("too_short", f"too short: {words} word(s), needs at least {min_words}")
-    distinct = {w.lower() for w in _WORD.findall(text)}
+    distinct = {w.lower() for w in found}
     if words >= REPEAT_MIN and len(distinct) == 1:
         return Problem("not_fluent", f"not fluent: one word, {next(iter(distinct))!r}, repeated {words} times")
     norm = normalize_text(text.replace("_", " "))
