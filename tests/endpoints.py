@@ -213,4 +213,6 @@ def echo_snippet(body: dict[str, Any]) -> Reply:
     if "first_sample" in positive:  # the paper strategy's two samples
         return Reply(content=json.dumps({positive: f"{snippet} today", negative: f"Tell me: {snippet}"}))
     other = NEGATIVES[next(_calls) % len(NEGATIVES)]  # a new natural text each call: never a copy of the last
-    return Reply(content=json.dumps({positive: f"Tell me about this: {snippet}", negative: other}))
+    # words after the snippet leave its activations as they are (the model reads left to right)
+    # and end the request, which the end check wants (a text that stops at the snippet is cut off)
+    return Reply(content=json.dumps({positive: f"Tell me about this: {snippet}. Thanks!", negative: other}))
