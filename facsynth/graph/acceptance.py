@@ -17,8 +17,11 @@ store (:meth:`facsynth.db.runs.Runs.settle`) persists what they decide.
    accepted candidate joins the samples unless a sample of the run has the same normalized
    text. One that carries ``min_new`` (a negative, or an agent's usable positive that missed
    its target) joins only when it fires at least that many features no sample covers yet
-   (a natural sample on the target's topic, and the contrast to its positive). What joins
-   credits every missing feature it fires.
+   (a natural sample on the target's topic, and the contrast to its positive). With
+   ``label_pairs``, the contrast sample of a pair written across the label boundary (its label
+   is not the one its target marks) carries none: a usable sample of the other label joins as
+   it is, so the minimal pair reaches the data whole. What joins credits every missing feature
+   it fires.
 
 :func:`verdict_rule` says which of these knobs a run's strategy and config turn on.
 """
@@ -47,6 +50,9 @@ class VerdictRule:
     """A usable positive that misses its target still joins with this many new features (0: never)."""
     paper: bool
     """Paper strategy: only step-2 samples join the data (step 1 writes examples)."""
+    pair_joins: bool = False
+    """Agent with ``label_pairs``: a usable contrast sample written with the other label joins
+    the data without covering anything new (the label pair's second half)."""
 
     def adds(self, candidate: Candidate) -> bool:
         """Whether an accepted ``candidate`` may join the data at all."""
@@ -61,13 +67,14 @@ def verdict_rule(cfg: RunConfig) -> VerdictRule:
         needs_target=cfg.strategy != "unguided",
         miss_min_new=cfg.negative_min_new if cfg.strategy == "agent" else 0,
         paper=cfg.strategy == "paper",
+        pair_joins=cfg.strategy == "agent" and cfg.label_pairs,
     )
 
 
 def judge(
     c: Candidate, r: Reading, *, threshold: float, delta: float, adds: bool, duplicate: str | None,
     problem: Problem | None = None, negative_min_new: int = 3, checks: dict[str, Any] | None = None,
-    needs_target: bool = True, miss_min_new: int = 0,
+    needs_target: bool = True, miss_min_new: int = 0, other_label: bool = False,
 ) -> Verdict:
     """The verdict on one candidate (pure). ``problem``: why it is no usable sample at all
     (text, model or LLM-judge check, :mod:`facsynth.tools.quality`), for positives and
@@ -76,7 +83,8 @@ def judge(
     ``needs_target``: False for the unguided baseline, whose samples target no feature;
     ``miss_min_new``: a usable positive that misses its target still joins the data when it
     covers this many missing features (0: never; the agent uses ``negative_min_new``), while
-    its target goes back to the generator as rejected."""
+    its target goes back to the generator as rejected; ``other_label``: a negative that is the
+    other-label half of a label pair, which joins when usable whatever it covers."""
     act = r.target_act
     common = {
         "candidate_id": c.id, "target_act": act, "span": r.span, "feature_ids": r.features.feature_ids,
@@ -88,6 +96,10 @@ def judge(
         if act > threshold:
             return Verdict(**common, verdict="rejected", reason=f"negative fires the target: {act:.2f} > {threshold:g}",
                            code="fires_target")
+        if other_label:  # a label pair's contrast: a usable sample of the other label joins as it is
+            joins = adds and duplicate is None
+            return Verdict(**common, verdict="accepted", reason=f"negative stays below: {act:.2f} <= {threshold:g} "
+                           "(the other label's half of a label pair)", accept=joins, code="joined" if joins else "example")
         joins = adds and duplicate is None and negative_min_new > 0
         return Verdict(**common, verdict="accepted", reason=f"negative stays below: {act:.2f} <= {threshold:g}",
                        accept=joins, min_new=max(negative_min_new, 1), code="joined" if joins else "example")
@@ -109,12 +121,15 @@ def judge(
 
 def judge_with(
     rule: VerdictRule, c: Candidate, r: Reading, *, threshold: float, delta: float, duplicate: str | None,
-    problem: Problem | None, checks: dict[str, Any] | None,
+    problem: Problem | None, checks: dict[str, Any] | None, marks: str | None = None,
 ) -> Verdict:
-    """:func:`judge` with a run's :class:`VerdictRule`."""
+    """:func:`judge` with a run's :class:`VerdictRule`; ``marks``: the label the candidate's
+    target marks, where the run writes label pairs and the anchor shows one."""
+    other = rule.pair_joins and c.role == "negative" and marks is not None and c.label is not None \
+        and c.label.strip().lower() != marks.strip().lower()
     return judge(c, r, threshold=threshold, delta=delta, adds=rule.adds(c), duplicate=duplicate, problem=problem,
                  negative_min_new=rule.negative_min_new, checks=checks, needs_target=rule.needs_target,
-                 miss_min_new=rule.miss_min_new)
+                 miss_min_new=rule.miss_min_new, other_label=other)
 
 
 def judge_problem(reply: JudgeReply | None) -> Problem | None:

@@ -85,8 +85,9 @@ class RunConfig(BaseModel):
     label_pairs: bool = False
     """On a labelled task, write each contrastive pair across the label boundary (agent): the
     positive with the label whose anchor samples carry the target, the contrast sample with
-    the other (off: the writer picks both labels). Measured on tweets, it did not raise the
-    downstream gain (README)."""
+    the other (off: the writer picks both labels). A usable contrast sample with the other
+    label joins the data whatever it covers (``negative_min_new`` does not apply to it), so
+    the pair reaches the data whole. Measured on tweets (README)."""
     min_words: int = Field(4, ge=1, le=200)
     """A candidate with fewer words is rejected before its activations count."""
     near_duplicate_cosine: float = Field(0.95, gt=0.0, le=1.0)

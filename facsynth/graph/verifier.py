@@ -71,10 +71,13 @@ async def _judge_all(res: Resources, cfg: RunConfig, pairs: list[tuple[Candidate
                 checks[i]["label_prob"] = round(prob, 4)
     rule = verdict_rule(cfg)
     dup = [dups.check(c.text_hash, r.features) if p is None else None for (c, r), p in zip(pairs, problems)]
+    sides = {c.feature: res.label_side(c.feature) for c, _ in pairs} if rule.pair_joins else {}
+    marks = {f: s.label for f, s in sides.items() if s is not None}
 
     def decide() -> list[Verdict]:
         return [
-            judge_with(rule, c, r, threshold=res.threshold, delta=res.delta, duplicate=d, problem=p, checks=k)
+            judge_with(rule, c, r, threshold=res.threshold, delta=res.delta, duplicate=d, problem=p, checks=k,
+                       marks=marks.get(c.feature))
             for (c, r), d, p, k in zip(pairs, dup, problems, checks)
         ]
 

@@ -126,13 +126,13 @@ instead of being a sample (a small generator writes "A new sample without the ma
 
 PLACEHOLDER = re.compile(
     r"[{\[<]\s*(?:placeholder|(?:your|insert|enter|add|put)\s+\w[^{}\[\]<>\n]{0,40})\s*[}\]>]|"
-    r"\[\s*(?:key\s*words?|theme|subject|topic|feature|phrase|word|string|text|sample|example|name|noun|verb|adjective|"
+    r"\[\s*(?:(?:new|another|other|specific|some|the|a|an)\s+)?(?:key\s*words?|theme|subject|topic|feature|phrase|word|string|text|sample|example|name|noun|verb|adjective|"
     r"thing|item|product|place|person|number|date|x|y)[\s_-]*\d*\s*\]|"
     r"\{\{[^{}\n]{0,40}\}\}",
     re.IGNORECASE,
 )
 """A slot left to fill ("{your suggested replacement}", "[Insert company name]", "[keyword]",
-"[key word 1]", "[theme]", "{{<string>}}"; not code such as ``arr[i]`` or ``d[key_name]``): a template, not a sample. Code such as ``f"{name}"`` or ``{your_var}``, and a key such as "[Enter]", do
+"[key word 1]", "[theme]", "[new item]", "{{<string>}}"; not code such as ``arr[i]`` or ``d[key_name]``): a template, not a sample. Code such as ``f"{name}"`` or ``{your_var}``, and a key such as "[Enter]", do
 not match."""
 
 PROMPT_MARKUP = re.compile(r"<<|>>|\{\s*\d+(?:\.\d+)?\s*\}")

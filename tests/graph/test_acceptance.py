@@ -120,3 +120,34 @@ def test_each_strategy_turns_on_its_own_part_of_the_rule() -> None:
     free = judge_with(unguided, cand("positive"), reading(0.0, [1]), threshold=12.0, delta=4.0, duplicate=None,
                       problem=None, checks=None)
     assert (free.verdict, free.accept) == ("accepted", True)
+
+
+def test_with_label_pairs_the_other_labels_contrast_sample_joins_whatever_it_covers() -> None:
+    def rule(pairs: bool, strategy: str = "agent"):
+        return verdict_rule(RunConfig.model_validate({"task": "sms-spam", "seed": "s.jsonl", "strategy": strategy,
+                                                      "negative_min_new": 3, "label_pairs": pairs}))
+
+    def contrast(label: str | None) -> Candidate:
+        c = cand("negative")
+        c.label = label
+        return c
+
+    low = reading(3.0, [8])  # stays below its target and covers one feature only
+
+    def decide(r, c, marks="spam", duplicate=None, problem=None, act=low):
+        v = judge_with(r, c, act, threshold=12.0, delta=4.0, duplicate=duplicate, problem=problem, checks=None, marks=marks)
+        return v, admit(v, role="negative", same_text_as=None, credits=[])
+
+    v, adm = decide(rule(True), contrast("Ham"))  # the other label's half of the pair: joins with nothing new
+    assert (v.verdict, v.accept, v.min_new, v.code, adm.joins) == ("accepted", True, 0, "joined", True)
+    assert "label pair" in v.reason
+    for r, c, marks in ((rule(True), contrast("spam"), "spam"),  # written with the target's own label
+                        (rule(True), contrast("ham"), None),  # the anchor shows no side for its target
+                        (rule(False), contrast("ham"), "spam"),  # label pairs off
+                        (rule(True, "paper"), contrast("ham"), "spam")):  # only the agent writes label pairs
+        v, adm = decide(r, c, marks)
+        assert v.min_new == 3 and not adm.joins, (c.label, marks)
+    # the rest of the rule still holds for it: usable, a non-copy, and below the target
+    assert not decide(rule(True), contrast("ham"), duplicate="near duplicate")[0].accept
+    assert decide(rule(True), contrast("ham"), problem=Problem("not_fluent", "not fluent"))[0].code == "not_fluent"
+    assert decide(rule(True), contrast("ham"), act=reading(20.0, [1]))[0].code == "fires_target"

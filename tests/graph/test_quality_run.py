@@ -128,9 +128,17 @@ def test_on_a_labelled_task_the_agent_asks_for_pairs_across_the_label_the_target
     assert len(prompts) == 24
     marked = re.compile(r"The theme is typical of (spam|ham) samples \(it shows in (\d+) of (\d+) (spam|ham) samples")
     sides = [m for p in prompts if (m := marked.search(p))]
+    runs = Runs(reader.store)
+    run = runs.get("pairs")
+    halves = [c for c in runs.candidates(run.id) if "label pair" in (c.reason or "")]
+    joined = {c.payload["text"]: c.label for s in runs.samples(run.id) for c in [s.candidate] if c.role == "negative"}
     if not pairs:  # by default the writer picks the labels: no prompt names a side
         assert not sides and not any("a new spam sample" in p or "a new ham sample" in p for p in prompts)
+        assert not halves
         return
+    # the ham half of a spam-marked pair joins the data although it covers little: the pair reaches the data whole
+    assert halves and all(c.role == "negative" and c.label == "ham" and c.verdict == "accepted" for c in halves)
+    assert joined == {"Are we still meeting for lunch at noon tomorrow?": "ham"}
     # SMS features split by label: spam's cues name spam, with the anchor's own counts
     assert any(m[1] == "spam" for m in sides), prompts[0]
     for p, m in ((p, marked.search(p)) for p in prompts):
