@@ -4,7 +4,7 @@ track the gain better than text metrics?
     python bench/proof.py [--task sms-spam|tweet-sentiment] [--seed-size 6] [--draws 3] [--calls 16]
                           [--size N --max-calls 60] [--writer NAME] [--relevance anchor|contrast [--both-sides]]
                           [--delta D|anchor[:Q]] [--sae SAE] [--negative-min-new N] [--arms agent,unguided]
-                          [--label-pairs]
+                          [--label-pairs] [--mixes K]
 
 Setup: a shipped labelled set: ``--task sms-spam`` (``facsynth/data/sms_spam``: real SMS,
 spam/ham, positive class spam) or ``--task tweet-sentiment`` (``facsynth/data/tweet_sentiment``:
@@ -41,6 +41,12 @@ comparison when it has that many. Then:
   hidden states;
 - across every (draw, arm) point, the Pearson r of each metric with the AUPRC gain, pooled
   and within draws (each draw's mean taken out: a weak seed gives every arm a large gain).
+- ``--mixes K``: with two points a draw, "does FAC track the gain" rests on 12 signs. So
+  each draw also scores K random sets of the same size drawn from the agent's and
+  unguided's usable samples pooled (rng 10000 + draw), and prints the within-draw r of
+  each metric, and of the agent's share of the set, with the gain over those mixes
+  (``mix_pearson_within_draw_gain_*``): a test of the metric's reading with K points a
+  draw, and a dose-response test of the agent's samples.
 
 Ends with ``name=value`` lines. Whatever it shows is the result: with a tiny writer the
 synthetic sets are small and noisy, and the intervals say how much that matters.
@@ -71,6 +77,7 @@ from facsynth.db.catalog import Catalog  # noqa: E402
 from facsynth.tools.export import records  # noqa: E402
 from facsynth.tools.relevance import anchor_delta, contrast_relevance, task_features  # noqa: E402
 from facsynth.graph.config import RunConfig  # noqa: E402
+from facsynth.graph.prompts import REPLY_ECHOES  # noqa: E402
 from facsynth.tools.datasets import Dataset, Sample, load_dataset  # noqa: E402
 from facsynth.tools.downstream import EvalConfig  # noqa: E402
 from facsynth.tools.reader import Reader  # noqa: E402
@@ -106,12 +113,20 @@ def usable(store: Store, run: str, copies: CopyIndex, dropped: dict[str, int] | 
            unfinished: Callable[[list[str]], list[bool]] | None = None) -> list[tuple[str, str]]:
     """(text, label) of the run's accepted samples that carry a label, in acceptance order,
     less any the text checks of today's rule refuse (a copy of a seed or anchor text, an AI
-    model's voice, ...) and, when rescoring, any ``unfinished`` finds cut off mid-sentence:
+    model's voice, the reply's JSON inside a text, most of an earlier sample's words) and, when rescoring, any ``unfinished`` finds cut off mid-sentence:
     a run kept by an older rule is scored on what this one would keep, and ``dropped[run]``
     counts what it left out."""
     rows = records(store, run)
     out = [(r["messages"][-1]["content"] if r["messages"] else "", r["label"]) for r in rows if r["label"]]
-    kept = [(t, lab) for t, lab in out if text_problem(Sample(text=t), min_words=1) is None and copies.problem(t) is None]
+    kept = [(t, lab) for t, lab in out
+            if text_problem(Sample(text=t), min_words=1, echoes=REPLY_ECHOES) is None and copies.problem(t) is None]
+    earlier = CopyIndex()  # most of an earlier sample's words in a row: a near duplicate, as the run now refuses it
+    own = []
+    for i, (t, lab) in enumerate(kept):
+        if earlier.problem(t) is None:
+            own.append((t, lab))
+            earlier.add(f"sample {i + 1}", t)
+    kept = own
     if unfinished is not None and kept:
         kept = [row for row, cut_off in zip(kept, unfinished([t for t, _ in kept])) if not cut_off]
     if dropped is not None:
@@ -133,6 +148,33 @@ def cut(sets: dict[str, list[tuple[str, str]]], how: str) -> tuple[dict[str, lis
         if all(sum(r[1] == lab for r in rows) >= n for lab, n in count.items()) and sum(count.values()):
             out[arm] = [r for lab in labels for r in [r for r in rows if r[1] == lab][: count[lab]]]
     return out, " + ".join(f"{n} {lab}" for lab, n in count.items())
+
+
+def score_mixes(args: argparse.Namespace, draw: int, seed_file: Path, test: Path, sets: dict[str, list[tuple[str, str]]],
+                size: int, tmp: Path, anchor: Path, reader: Reader, deltas: dict) -> list[dict[str, object]]:
+    """``--mixes``: K random sets of ``size`` drawn from the agent's and unguided's usable
+    samples pooled, each scored like an arm (gain, FAC, text metrics, the agent's share)."""
+    pool = [(row, "agent") for row in sets["agent"]] + [(row, "unguided") for row in sets["unguided"]]
+    rng = np.random.default_rng(10_000 + draw)
+    picks = [sorted(int(i) for i in rng.choice(len(pool), size=size, replace=False)) for _ in range(args.mixes)]
+    files = [write_jsonl(tmp / f"mix-{draw}-{k}.jsonl", [pool[i][0] for i in pick]) for k, pick in enumerate(picks)]
+    ev = facsynth.evaluate(seed_file, test, add=files, model=reader.subject,
+                           config=EvalConfig(bootstrap=args.bootstrap, rng_seed=draw, positive=[args.positive]))
+    gains = {arm.name: arm.auprc_gain for arm in ev.arms if arm.auprc_gain is not None}
+    out = []
+    for pick, path in zip(picks, files):
+        grown = Dataset("grown", "proof", list(load_dataset(seed_file)) + list(load_dataset(path)))
+        alone = facsynth.measure(path, anchor=anchor, reader=reader, **deltas)
+        out.append({
+            "draw": draw, "gain": gains[path.stem].value, "agent_share": sum(pool[i][1] == "agent" for i in pick) / size,
+            "fac_grown": facsynth.measure(grown, anchor=anchor, reader=reader, **deltas).coverage[0].fac,
+            "fac_set": alone.coverage[0].fac, "distinct_2": alone.diversity["distinct_2"],
+            "self_bleu": alone.diversity["self_bleu"], "cosine_distance": alone.diversity["cosine_distance"],
+        })
+    r = pearson([float(m["fac_grown"]) for m in out], [float(m["gain"]) for m in out])
+    print(f"  {args.mixes} mixes of {size}: gain {min(m['gain'] for m in out):+.3f} .. {max(m['gain'] for m in out):+.3f}, "
+          f"r(FAC seed+set, gain) {r:+.2f}", flush=True)
+    return out
 
 
 def within_draw(points: list[dict[str, object]], key: str) -> list[float]:
@@ -172,6 +214,8 @@ def main() -> None:
     ap.add_argument("--max-calls", type=int, default=60, help="with --size: the most calls an arm may spend in a draw")
     ap.add_argument("--writer", default=None, help="a local writer (facsynth.agent.writers) instead of SmolLM2-135M")
     ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--mixes", type=int, default=0, help="per draw, also score this many random sets of the cut size "
+                    "drawn from the agent's and unguided's samples pooled (the metrics' within-draw r over them)")
     ap.add_argument("--relevance", choices=("anchor", "contrast"), default="anchor",
                     help="F: every feature active on the anchor, or those whose activation separates the anchor's "
                     "positive class from the rest (AUROC >= --auroc; facsynth features relevance --method contrast)")
@@ -218,6 +262,7 @@ def main() -> None:
     anchor_texts = [(f"anchor {i}", s.plain_text) for i, s in enumerate(anchor_set)]  # for each draw's copy check
 
     points: list[dict[str, object]] = []
+    mixes: list[dict[str, object]] = []
     used: dict[str, list[int]] = {arm: [] for arm in ARMS}
     dropped: dict[str, int] = {}
     started = time.monotonic()
@@ -314,6 +359,8 @@ def main() -> None:
                     })
                     print(f"  {arm}: seed AUPRC {seed_auprc:.3f}, gain {gain.value:+.3f} [{gain.low:+.3f}, "
                           f"{gain.high:+.3f}], FAC seed+set {fac_grown:.1%}", flush=True)
+                if args.mixes and {"agent", "unguided"} <= set(sets):
+                    mixes.extend(score_mixes(args, draw, seed_file, test, sets, size, tmp, anchor, reader, deltas))
 
     print(f"\n{'draw':>4} {'arm':9} {'n':>3} {'seed AUPRC':>10} {'gain':>7} {'95% CI':>17} {'FAC s+set':>9} "
           f"{'FAC set':>7} {'dist-2':>6} {'sBLEU':>6} {'cos':>6}")
@@ -359,6 +406,14 @@ def main() -> None:
     # low FAC for every arm of a weak seed) does not pass for an effect of the metric
     for metric in ("fac_grown", "fac_set", "distinct_2", "self_bleu", "cosine_distance"):
         print(f"pearson_within_draw_gain_{metric}={pearson(within_draw(points, metric), within_draw(points, 'gain')):.3f}")
+    if mixes:
+        print(f"mixes={len(mixes)}  # {args.mixes} a draw")
+        for metric in ("fac_grown", "fac_set", "distinct_2", "self_bleu", "cosine_distance", "agent_share"):
+            r = pearson(within_draw(mixes, metric), within_draw(mixes, "gain"))
+            per_draw = [pearson([float(m[metric]) for m in mixes if m["draw"] == d], [float(m["gain"]) for m in mixes if m["draw"] == d])
+                        for d in sorted({m["draw"] for m in mixes})]
+            positive = sum(1 for x in per_draw if x > 0)
+            print(f"mix_pearson_within_draw_gain_{metric}={r:.3f}  # r > 0 in {positive} of {len(per_draw)} draws")
 
 
 if __name__ == "__main__":

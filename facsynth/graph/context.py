@@ -213,13 +213,13 @@ class Resources:
                 c = s.candidate
                 if s.id not in self._dups_own and c.feature_ids is not None and c.max_acts is not None:
                     sf = SampleFeatures("", 0, c.feature_ids, c.max_acts)
-                    self._dups.add(f"accepted sample {s.id}", c.text_hash, sf)
+                    self._dups.add(f"accepted sample {s.id}", c.text_hash, sf, text=Sample(**c.payload).plain_text)
         return self._dups
 
-    def add_duplicate(self, sample_id: int, text_hash: str, features: SampleFeatures) -> None:
+    def add_duplicate(self, sample_id: int, text_hash: str, features: SampleFeatures, text: str | None = None) -> None:
         """A sample this process accepted joins the duplicate index at once."""
         self._dups_own.add(sample_id)
-        self.duplicates().add(f"accepted sample {sample_id}", text_hash, features)
+        self.duplicates().add(f"accepted sample {sample_id}", text_hash, features, text=text)
 
 
 LABEL_LIFT = 1.5

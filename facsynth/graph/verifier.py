@@ -70,7 +70,8 @@ async def _judge_all(res: Resources, cfg: RunConfig, pairs: list[tuple[Candidate
                 problems[i], prob = label_problem(pairs[i][1].features.pooled, pairs[i][0].label, cal.label)
                 checks[i]["label_prob"] = round(prob, 4)
     rule = verdict_rule(cfg)
-    dup = [dups.check(c.text_hash, r.features) if p is None else None for (c, r), p in zip(pairs, problems)]
+    dup = [dups.check(c.text_hash, r.features, text=s.plain_text) if p is None else None
+           for (c, r), p, s in zip(pairs, problems, samples)]
     sides = {c.feature: res.label_side(c.feature) for c, _ in pairs} if rule.pair_joins else {}
     marks = {f: s.label for f, s in sides.items() if s is not None}
 
@@ -133,7 +134,7 @@ def _settle_feature(
     joined = runs.sample_ids(res.run.id, [v.candidate_id for v in verdicts if v.accept])
     for c, r in pairs:
         if c.id in joined:
-            res.add_duplicate(joined[c.id], c.text_hash, r.features)
+            res.add_duplicate(joined[c.id], c.text_hash, r.features, text=Sample(**c.payload).plain_text)
 
 
 def _review(runs: Runs, run_id: int, run_name: str, plans: list[tuple[int, int, list, list[Verdict]]]) -> None:

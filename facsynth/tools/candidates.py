@@ -5,7 +5,9 @@ feature it returns, per candidate, the activation the target reached (max over c
 tokens, as FAC reads it), the span of tokens ending at the target's peak, and every
 feature the candidate fires above the measuring delta. :class:`DuplicateIndex` rejects
 exact copies (a hash of the normalized text) and near copies (cosine of the sparse SAE
-feature vectors at or above a cut): coverage is not bought with copies. Whether a
+feature vectors at or above a cut, or most of a kept sample's words in a row, as the
+copy check of :class:`facsynth.tools.quality.CopyIndex` counts them): coverage is not
+bought with copies. Whether a
 candidate is a usable sample at all is the rule of :mod:`facsynth.tools.quality`.
 """
 
@@ -20,7 +22,7 @@ import numpy as np
 from facsynth.records import SampleFeatures
 from facsynth.tools.datasets import Sample
 from facsynth.tools.encoder import FeatureEncoder
-from facsynth.tools.quality import normalize_text
+from facsynth.tools.quality import CopyIndex, normalize_text
 
 
 def text_hash(sample: Sample) -> str:
@@ -55,6 +57,7 @@ class DuplicateIndex:
         self._rows: list[np.ndarray] = []
         self._names: list[str] = []
         self._matrix: np.ndarray | None = None
+        self._words = CopyIndex()
 
     def __len__(self) -> int:
         return len(self._names)
@@ -65,16 +68,25 @@ class DuplicateIndex:
         n = float(np.linalg.norm(v))
         return v / n if n > 0 else v
 
-    def add(self, name: str, hash_: str, sf: SampleFeatures) -> None:
+    def add(self, name: str, hash_: str, sf: SampleFeatures, text: str | None = None) -> None:
+        """Keep a sample; with its ``text``, a candidate that repeats most of it in a row (a
+        tweet with a hashtag added, a request with one clause less) is a near duplicate too,
+        whatever its features."""
         self.hashes.setdefault(hash_, name)
+        if text is not None:
+            self._words.add(name, text)
         self._rows.append(self.vector(sf))
         self._names.append(name)
         self._matrix = None
 
-    def check(self, hash_: str, sf: SampleFeatures) -> str | None:
+    def check(self, hash_: str, sf: SampleFeatures, text: str | None = None) -> str | None:
         """Why the candidate is a duplicate (``None`` when it is not)."""
         if hash_ in self.hashes:
             return f"exact duplicate of {self.hashes[hash_]}"
+        if text is not None and len(self._words):
+            copied = self._words.problem(text)
+            if copied is not None:
+                return f"near duplicate: {copied.message}"
         if not self._rows:
             return None
         if self._matrix is None:

@@ -235,6 +235,10 @@ def text_problem(sample: Sample, *, min_words: int, echoes: Iterable[str] = ()) 
     for echo in echoes:
         if norm == normalize_text(echo.replace("_", " ")):
             return Problem("echoes_format", f"repeats the reply format ({echo!r}) instead of writing a sample")
+        if "_" in echo:  # a field name of the reply as a key inside the text: the JSON leaked into the sample
+            key = re.search(rf"\b{re.escape(echo)}(?:_label)?\b\W{{0,2}}:", text)
+            if key:
+                return Problem("echoes_format", f"repeats the reply format ({key.group(0)!r}) inside the sample")
     meta = META.search(text)
     if meta:
         return Problem("about_instructions", f"talks about the instructions ({meta.group(0)!r}) instead of being a sample")

@@ -51,12 +51,28 @@ def test_exact_and_near_copies_are_caught_and_new_text_is_not(encoder) -> None:
     assert strict.check(text_hash(retold), encoder.encode_one(retold)).startswith("near duplicate of seed sample 1")
 
 
+def test_a_sample_that_repeats_most_of_a_kept_one_is_a_near_duplicate_whatever_it_fires(encoder) -> None:
+    # two tweets an agent's set held side by side: the second adds hashtags to the first
+    kept, longer = Sample(text="I can't wait to get that new job offer!"), Sample(text="I can't wait to get that new job offer! #Hiring #Excited")
+    words_only = DuplicateIndex(4096, cosine_cut=1.01)  # features alone never call a near duplicate here
+    words_only.add("accepted sample 7", text_hash(kept), encoder.encode_one(kept), text=kept.plain_text)
+    why = words_only.check(text_hash(longer), encoder.encode_one(longer), text=longer.plain_text)
+    assert why is not None and why.startswith("near duplicate: copies 9 of its 11 words in a row from accepted sample 7")
+    assert words_only.check(text_hash(longer), encoder.encode_one(longer)) is None  # without the text, features decide
+    other = Sample(text="I can't wait to start my new job on Monday, wish me luck!")  # same opening, a new tweet
+    assert words_only.check(text_hash(other), encoder.encode_one(other), text=other.plain_text) is None
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
         ("You", "too short: 1 word(s)"),
         ("ContrastivePair, of course ok", None),
         ("Similar Sample Without Them", "repeats the reply format"),
+        # a reply's JSON leaked into its first field (an agent's set, label pairs)
+        ("@anonymous I'm feeling overwhelmed and can't stop thinking', 'new_sample_label':'negative','contrast_sample':'I just",
+         "repeats the reply format"),
+        ("Rename the column similar_sample_without_them to contrast in my pandas frame, please.", None),
         ("sample_using_the_marked_words", "too short"),
         ("Plan a trip to Istanbul for me.", None),
         ("A new sample on the same topic without the marked words.", "talks about the instructions"),
@@ -85,6 +101,6 @@ def test_exact_and_near_copies_are_caught_and_new_text_is_not(encoder) -> None:
     ],
 )
 def test_quality_gate(text: str, problem: str | None) -> None:
-    found = text_problem(Sample(text=text), min_words=4, echoes=("similar_sample_without_them", "ContrastivePair"))
+    found = text_problem(Sample(text=text), min_words=4, echoes=("similar_sample_without_them", "ContrastivePair", "new_sample", "contrast_sample"))
     got = None if found is None else found.message
     assert (got is None) if problem is None else (got is not None and got.startswith(problem))
