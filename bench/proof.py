@@ -44,9 +44,9 @@ comparison when it has that many. Then:
 - ``--mixes K``: with two points a draw, "does FAC track the gain" rests on 12 signs. So
   each draw also scores K random sets of the same size drawn from the agent's and
   unguided's usable samples pooled (rng 10000 + draw), and prints the within-draw r of
-  each metric, and of the agent's share of the set, with the gain over those mixes
-  (``mix_pearson_within_draw_gain_*``): a test of the metric's reading with K points a
-  draw, and a dose-response test of the agent's samples.
+  each metric, of the agent's share of the set and of the scored class's share, with the
+  gain over those mixes (``mix_pearson_within_draw_gain_*``): a test of the metric's
+  reading with K points a draw, and a dose-response test of the agent's samples.
 
 Ends with ``name=value`` lines. Whatever it shows is the result: with a tiny writer the
 synthetic sets are small and noisy, and the intervals say how much that matters.
@@ -167,6 +167,7 @@ def score_mixes(args: argparse.Namespace, draw: int, seed_file: Path, test: Path
         alone = facsynth.measure(path, anchor=anchor, reader=reader, **deltas)
         out.append({
             "draw": draw, "gain": gains[path.stem].value, "agent_share": sum(pool[i][1] == "agent" for i in pick) / size,
+            "scored_share": sum(pool[i][0][1].lower() == args.positive.lower() for i in pick) / size,
             "fac_grown": facsynth.measure(grown, anchor=anchor, reader=reader, **deltas).coverage[0].fac,
             "fac_set": alone.coverage[0].fac, "distinct_2": alone.diversity["distinct_2"],
             "self_bleu": alone.diversity["self_bleu"], "cosine_distance": alone.diversity["cosine_distance"],
@@ -408,7 +409,7 @@ def main() -> None:
         print(f"pearson_within_draw_gain_{metric}={pearson(within_draw(points, metric), within_draw(points, 'gain')):.3f}")
     if mixes:
         print(f"mixes={len(mixes)}  # {args.mixes} a draw")
-        for metric in ("fac_grown", "fac_set", "distinct_2", "self_bleu", "cosine_distance", "agent_share"):
+        for metric in ("fac_grown", "fac_set", "distinct_2", "self_bleu", "cosine_distance", "agent_share", "scored_share"):
             r = pearson(within_draw(mixes, metric), within_draw(mixes, "gain"))
             per_draw = [pearson([float(m[metric]) for m in mixes if m["draw"] == d], [float(m["gain"]) for m in mixes if m["draw"] == d])
                         for d in sorted({m["draw"] for m in mixes})]
