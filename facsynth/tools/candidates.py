@@ -7,8 +7,8 @@ feature the candidate fires above the measuring delta. :class:`DuplicateIndex` r
 exact copies (a hash of the normalized text) and near copies (cosine of the sparse SAE
 feature vectors at or above a cut, or most of a kept sample's words in a row, as the
 copy check of :class:`facsynth.tools.quality.CopyIndex` counts them): coverage is not
-bought with copies. Whether a
-candidate is a usable sample at all is the rule of :mod:`facsynth.tools.quality`.
+bought with copies. Whether a candidate is a usable sample at all is the rule of
+:mod:`facsynth.tools.quality`.
 """
 
 from __future__ import annotations
