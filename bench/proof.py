@@ -46,7 +46,8 @@ comparison when it has that many. Then:
   unguided's usable samples pooled (rng 10000 + draw), and prints the within-draw r of
   each metric, of the agent's share of the set and of the scored class's share, with the
   gain over those mixes (``mix_pearson_within_draw_gain_*``): a test of the metric's
-  reading with K points a draw, and a dose-response test of the agent's samples.
+  reading with K points a draw, and a dose-response test of the agent's samples; and each
+  metric's partial r given the scored class's share (``mix_partial_r_given_scored_share_*``).
 
 Ends with ``name=value`` lines. Whatever it shows is the result: with a tiny writer the
 synthetic sets are small and noisy, and the intervals say how much that matters.
@@ -184,6 +185,11 @@ def within_draw(points: list[dict[str, object]], key: str) -> list[float]:
     for p in points:
         by_draw.setdefault(p["draw"], []).append(float(p[key]))
     return [float(p[key]) - float(np.mean(by_draw[p["draw"]])) for p in points]
+
+
+def residual(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """What is left of ``y`` after its least-squares line on ``x`` (both centred)."""
+    return y - (float(x @ y) / float(x @ x) if float(x @ x) > 0 else 0.0) * x
 
 
 def pearson(x: list[float], y: list[float]) -> float:
@@ -415,6 +421,13 @@ def main() -> None:
                         for d in sorted({m["draw"] for m in mixes})]
             positive = sum(1 for x in per_draw if x > 0)
             print(f"mix_pearson_within_draw_gain_{metric}={r:.3f}  # r > 0 in {positive} of {len(per_draw)} draws")
+        # the label mix moves the gain; what each metric says beyond it (both sides' linear fit on the
+        # scored class's share, within draws, taken out)
+        share = np.asarray(within_draw(mixes, "scored_share"))
+        gain_left = residual(np.asarray(within_draw(mixes, "gain")), share)
+        for metric in ("fac_grown", "fac_set", "distinct_2", "self_bleu", "cosine_distance", "agent_share"):
+            left = residual(np.asarray(within_draw(mixes, metric)), share)
+            print(f"mix_partial_r_given_scored_share_{metric}={pearson(list(left), list(gain_left)):.3f}")
 
 
 if __name__ == "__main__":
