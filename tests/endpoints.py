@@ -20,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from facsynth.graph.prompts import NEGATIVE, POSITIVE
+
 
 def llama_server_pids(started_by: int | None = None) -> list[int]:
     """PIDs of live embedded-server processes (a /proc scan), optionally only those started by one PID.
@@ -209,7 +211,7 @@ def echo_snippet(body: dict[str, Any]) -> Reply:
     # refused as a copy of it (facsynth.tools.quality.CopyIndex)
     snippet = " ".join(snippet.split()[-4:])
     keys = [k for k in body.get("response_format", {}).get("json_schema", {}).get("schema", {}).get("properties", {})]
-    positive, negative = (keys + ["new_sample", "contrast_sample"])[:2]
+    positive, negative = (keys + [POSITIVE, NEGATIVE])[:2]
     if "first_sample" in positive:  # the paper strategy's two samples
         return Reply(content=json.dumps({positive: f"{snippet} today", negative: f"Tell me: {snippet}"}))
     other = NEGATIVES[next(_calls) % len(NEGATIVES)]  # a new natural text each call: never a copy of the last

@@ -10,8 +10,9 @@ on a labelled task whose anchor shows which label the target marks
 (:func:`facsynth.graph.context.label_side`), the agent writes its pair across the label
 boundary: the positive with that label, the contrast sample with the other, on the same
 subject (a minimal pair). The paper strategy asks for two samples and gets no feedback.
-The unguided baseline shows no feature at all: a few seed examples and "write two new
-samples like these" (self-instruct).
+The unguided baseline shows no feature at all: a few seed examples and "write two more
+samples like these" (self-instruct). No reply key or field asks for a "new" sample: a writer
+took the word for a topic (a new job, car, phone) in a third to a half of its tweets.
 """
 
 from __future__ import annotations
@@ -60,14 +61,15 @@ def _reply(name: str, fields: tuple[str, ...], labels: tuple[str, ...] | None) -
     return create_model(name, __validators__=validators, **spec)
 
 
-POSITIVE = "new_sample"
+POSITIVE = "sample"
 NEGATIVE = "contrast_sample"
 FIRST, SECOND = "first_sample_using_the_marked_words", "second_sample_using_them_differently"
 """Reply keys: descriptive, because a small model writes what the key says."""
-NEW_FIRST, NEW_SECOND = "first_new_sample", "second_new_sample"
+NEW_FIRST, NEW_SECOND = "first_sample", "second_sample"
 """The unguided strategy's reply keys."""
-REPLY_ECHOES = (POSITIVE, NEGATIVE, FIRST, SECOND, NEW_FIRST, NEW_SECOND, "ContrastivePair", "TwoSamples", "TwoNewSamples",
-                "sample_using_the_marked_words", "similar_sample_without_them")
+REPLY_ECHOES = (POSITIVE, NEGATIVE, FIRST, SECOND, NEW_FIRST, NEW_SECOND, "ContrastivePair", "TwoSamples", "TwoMoreSamples",
+                "sample_using_the_marked_words", "similar_sample_without_them",
+                "new_sample", "first_new_sample", "second_new_sample", "TwoNewSamples")  # earlier keys
 """Texts that only repeat the reply format: a candidate equal to one is no sample."""
 
 
@@ -83,7 +85,7 @@ def two_samples_model(labels: tuple[str, ...] | None) -> type[BaseModel]:
 
 def new_samples_model(labels: tuple[str, ...] | None) -> type[BaseModel]:
     """The unguided strategy's reply: two new samples like the seed examples."""
-    return _reply("TwoNewSamples", (NEW_FIRST, NEW_SECOND), labels)
+    return _reply("TwoMoreSamples", (NEW_FIRST, NEW_SECOND), labels)
 
 
 def task_labels(task: TaskSpec) -> tuple[str, ...] | None:
@@ -183,7 +185,7 @@ def _pair_block(req: GenerationRequest) -> list[str]:
         lines.append(f"Weak example (score {req.weak.activation:.1f}): {req.weak.text!r}")
     if req.strong is not None:
         if req.strong.activation > req.threshold:
-            lines.append("The strong score is high: reuse its activating phrase verbatim in a new context.")
+            lines.append("The strong score is high: reuse its activating phrase verbatim in another context.")
         else:
             lines.append("The strong score is still low: paraphrase its activating phrase and make it more central.")
     return lines
@@ -222,18 +224,18 @@ def render(req: GenerationRequest) -> list[tuple[str, str]]:
     lines.append("")
     lines.append("Reply with a JSON object with these fields:")
     if req.strategy == "unguided":
-        fields = [(NEW_FIRST, "a new sample in the sample format, like the examples but on a subject they do not cover"),
-                  (NEW_SECOND, "another new sample, different from the first and from the examples")]
+        fields = [(NEW_FIRST, "a sample in the sample format, like the examples but on a subject they do not cover"),
+                  (NEW_SECOND, "another sample, different from the first and from the examples")]
     elif req.strategy == "paper":
-        fields = [(FIRST, "a new sample in the sample format that contains the marked words"),
+        fields = [(FIRST, "a sample in the sample format that contains the marked words"),
                   (SECOND, "another, different sample in the sample format that contains them too")]
     elif req.side is not None and labels:
         other = f"a {req.side.other} sample" if req.side.other else f"a sample with another label than {req.side.label}"
-        fields = [(POSITIVE, f"a new {req.side.label} sample in the sample format, on a subject of its own, built around "
+        fields = [(POSITIVE, f"a {req.side.label} sample in the sample format, on a subject of its own, built around "
                              "the theme: use its marked key words verbatim, as a natural part of the sample"),
                   (NEGATIVE, f"{other} on the same subject and in the same format that leaves the theme and its key words out")]
     else:
-        fields = [(POSITIVE, "a new sample in the sample format, on a subject of its own, built around the theme: "
+        fields = [(POSITIVE, "a sample in the sample format, on a subject of its own, built around the theme: "
                              "use its marked key words verbatim, as a natural part of the sample"),
                   (NEGATIVE, "a sample on the same subject and in the same format that leaves the theme and its key words out")]
     for key, what in fields:

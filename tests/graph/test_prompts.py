@@ -75,14 +75,14 @@ def test_a_feature_that_marks_a_label_gets_a_pair_across_the_label_boundary() ->
     req.task = PRESETS["sms-spam"]
     text = user_text(req)
     assert "The theme is typical of spam samples (it shows in 9 of 12 spam samples" in text
-    assert f'"{POSITIVE}": a new spam sample in the sample format' in text
+    assert f'"{POSITIVE}": a spam sample in the sample format' in text
     assert f'"{NEGATIVE}": a ham sample on the same subject' in text
     # the writer still labels each sample (the label check reads what it gave)
     assert f'"{POSITIVE}_label": its label (spam or ham)' in text
     # without a side (no labelled anchor, or no label stands out) the writer picks the labels
     req.side = None
     plain = user_text(req)
-    assert "typical of" not in plain and "a new spam sample" not in plain and f'"{NEGATIVE}": a sample on the same subject' in plain
+    assert "typical of" not in plain and "a spam sample in the sample format" not in plain and f'"{NEGATIVE}": a sample on the same subject' in plain
 
 
 def test_label_side_names_the_label_a_feature_shows_in_clearly_more_often() -> None:
@@ -102,3 +102,14 @@ def test_label_side_names_the_label_a_feature_shows_in_clearly_more_often() -> N
     three = ("negative", "neutral", "positive")
     side = label_side([("negative", True)] * 4 + [("neutral", False)] * 4 + [("positive", True)] + [("positive", False)] * 3, three)
     assert side == LabelSide("negative", None, 4, 4)
+
+
+def test_no_strategy_asks_the_writer_for_something_new() -> None:
+    # "new_sample" / "a new sample" made writers write about new things: in a tweet run, 34% (agent) and
+    # 50% (unguided) of the tweets said "new" against 2-5% of real tweets
+    side = LabelSide("spam", "ham", 5, 9)
+    for req in (request("agent", examples=SEED), request("paper"), request("unguided", examples=SEED),
+                GenerationRequest(feature=7, step=1, strategy="agent", task=PRESETS["sms-spam"], explanation="prizes",
+                                  spans=["<<WIN>> a prize"], threshold=12.0, side=side)):
+        fields = user_text(req).split("Reply with a JSON object with these fields:")[1]
+        assert fields.count('- "') >= 2 and "new" not in fields.lower(), (req.strategy, fields)

@@ -133,7 +133,7 @@ def test_on_a_labelled_task_the_agent_asks_for_pairs_across_the_label_the_target
     halves = [c for c in runs.candidates(run.id) if "label pair" in (c.reason or "")]
     joined = {c.payload["text"]: c.label for s in runs.samples(run.id) for c in [s.candidate] if c.role == "negative"}
     if not pairs:  # by default the writer picks the labels: no prompt names a side
-        assert not sides and not any("a new spam sample" in p or "a new ham sample" in p for p in prompts)
+        assert not sides and not any("a spam sample in the sample format" in p or "a ham sample in the sample format" in p for p in prompts)
         assert not halves
         return
     # the ham half of a spam-marked pair joins the data although it covers little: the pair reaches the data whole
@@ -143,9 +143,9 @@ def test_on_a_labelled_task_the_agent_asks_for_pairs_across_the_label_the_target
     assert any(m[1] == "spam" for m in sides), prompts[0]
     for p, m in ((p, marked.search(p)) for p in prompts):
         if m is None:
-            assert "a new spam sample" not in p and "a new ham sample" not in p
+            assert "a spam sample in the sample format" not in p and "a ham sample in the sample format" not in p
             continue
         label, hits, total = m[1], int(m[2]), int(m[3])
         assert total == (n_spam if label == "spam" else 60 - n_spam) and 2 <= hits <= total
         other = "ham" if label == "spam" else "spam"
-        assert f'"{POSITIVE}": a new {label} sample' in p and f'"{NEGATIVE}": a {other} sample on the same subject' in p
+        assert f'"{POSITIVE}": a {label} sample in the sample format' in p and f'"{NEGATIVE}": a {other} sample on the same subject' in p
