@@ -114,8 +114,8 @@ def usable(store: Store, run: str, copies: CopyIndex, dropped: dict[str, int] | 
            unfinished: Callable[[list[str]], list[bool]] | None = None) -> list[tuple[str, str]]:
     """(text, label) of the run's accepted samples that carry a label, in acceptance order,
     less any the text checks of today's rule refuse (a copy of a seed or anchor text, an AI
-    model's voice, the reply's JSON inside a text, most of an earlier sample's words) and, when rescoring, any ``unfinished`` finds cut off mid-sentence:
-    a run kept by an older rule is scored on what this one would keep, and ``dropped[run]``
+    model's voice, the reply's JSON inside a text, most of an earlier sample's words) and,
+    when rescoring, any ``unfinished`` finds cut off mid-sentence: a run kept by an older rule is scored on what this one would keep, and ``dropped[run]``
     counts what it left out."""
     rows = records(store, run)
     out = [(r["messages"][-1]["content"] if r["messages"] else "", r["label"]) for r in rows if r["label"]]
@@ -151,6 +151,17 @@ def cut(sets: dict[str, list[tuple[str, str]]], how: str) -> tuple[dict[str, lis
     return out, " + ".join(f"{n} {lab}" for lab, n in count.items())
 
 
+def set_metrics(seed_file: Path, path: Path, anchor: Path, reader: Reader, deltas: dict) -> dict[str, float]:
+    """FAC of seed + set and of the set alone, and the set's text metrics."""
+    grown = Dataset("grown", "proof", list(load_dataset(seed_file)) + list(load_dataset(path)))
+    alone = facsynth.measure(path, anchor=anchor, reader=reader, **deltas)
+    return {
+        "fac_grown": facsynth.measure(grown, anchor=anchor, reader=reader, **deltas).coverage[0].fac,
+        "fac_set": alone.coverage[0].fac, "distinct_2": alone.diversity["distinct_2"],
+        "self_bleu": alone.diversity["self_bleu"], "cosine_distance": alone.diversity["cosine_distance"],
+    }
+
+
 def score_mixes(args: argparse.Namespace, draw: int, seed_file: Path, test: Path, sets: dict[str, list[tuple[str, str]]],
                 size: int, tmp: Path, anchor: Path, reader: Reader, deltas: dict) -> list[dict[str, object]]:
     """``--mixes``: K random sets of ``size`` drawn from the agent's and unguided's usable
@@ -164,14 +175,10 @@ def score_mixes(args: argparse.Namespace, draw: int, seed_file: Path, test: Path
     gains = {arm.name: arm.auprc_gain for arm in ev.arms if arm.auprc_gain is not None}
     out = []
     for pick, path in zip(picks, files):
-        grown = Dataset("grown", "proof", list(load_dataset(seed_file)) + list(load_dataset(path)))
-        alone = facsynth.measure(path, anchor=anchor, reader=reader, **deltas)
         out.append({
             "draw": draw, "gain": gains[path.stem].value, "agent_share": sum(pool[i][1] == "agent" for i in pick) / size,
             "scored_share": sum(pool[i][0][1].lower() == args.positive.lower() for i in pick) / size,
-            "fac_grown": facsynth.measure(grown, anchor=anchor, reader=reader, **deltas).coverage[0].fac,
-            "fac_set": alone.coverage[0].fac, "distinct_2": alone.diversity["distinct_2"],
-            "self_bleu": alone.diversity["self_bleu"], "cosine_distance": alone.diversity["cosine_distance"],
+            **set_metrics(seed_file, path, anchor, reader, deltas),
         })
     r = pearson([float(m["fac_grown"]) for m in out], [float(m["gain"]) for m in out])
     print(f"  {args.mixes} mixes of {size}: gain {min(m['gain'] for m in out):+.3f} .. {max(m['gain'] for m in out):+.3f}, "
@@ -354,18 +361,12 @@ def main() -> None:
                 gains = {arm.name: arm.auprc_gain for arm in ev.arms if arm.auprc_gain is not None}
                 seed_auprc = next(a.auprc.value for a in ev.arms if a.name == "seed")
                 for arm, path in files.items():
-                    grown = Dataset("grown", "proof", list(load_dataset(seed_file)) + list(load_dataset(path)))
-                    fac_grown = facsynth.measure(grown, anchor=anchor, reader=reader, **deltas).coverage[0].fac
-                    alone = facsynth.measure(path, anchor=anchor, reader=reader, **deltas)
                     gain = gains[path.stem]
-                    points.append({
-                        "draw": draw, "arm": arm, "n": size, "seed_auprc": seed_auprc, "gain": gain.value,
-                        "gain_low": gain.low, "gain_high": gain.high, "fac_grown": fac_grown, "fac_set": alone.coverage[0].fac,
-                        "distinct_2": alone.diversity["distinct_2"], "self_bleu": alone.diversity["self_bleu"],
-                        "cosine_distance": alone.diversity["cosine_distance"],
-                    })
+                    metrics = set_metrics(seed_file, path, anchor, reader, deltas)
+                    points.append({"draw": draw, "arm": arm, "n": size, "seed_auprc": seed_auprc, "gain": gain.value,
+                                   "gain_low": gain.low, "gain_high": gain.high, **metrics})
                     print(f"  {arm}: seed AUPRC {seed_auprc:.3f}, gain {gain.value:+.3f} [{gain.low:+.3f}, "
-                          f"{gain.high:+.3f}], FAC seed+set {fac_grown:.1%}", flush=True)
+                          f"{gain.high:+.3f}], FAC seed+set {metrics['fac_grown']:.1%}", flush=True)
                 if args.mixes and {"agent", "unguided"} <= set(sets):
                     mixes.extend(score_mixes(args, draw, seed_file, test, sets, size, tmp, anchor, reader, deltas))
 

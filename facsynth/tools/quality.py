@@ -32,9 +32,10 @@ negatives alike:
 The thresholds are calibrated on the anchor itself (the seed when the run has no anchor),
 the distance read leave-one-out: each is the anchor's ``q`` quantile (``1 - q`` for the word
 share and the end log-probability), with the smallest ``q >= pass_rate`` at which
-``pass_rate`` (0.95) of the anchor passes every check together. :func:`calibrate` runs once per run; the numbers are stored in the
-run's setup, so a resumed run judges with the same ones, and reported beside FAC with the
-share of the anchor and the seed that passes each check.
+``pass_rate`` (0.95) of the anchor passes every check together. :func:`calibrate` runs
+once per run; the numbers are stored in the run's setup, so a resumed run judges with the
+same ones, and reported beside FAC with the share of the anchor and the seed that passes
+each check.
 
 Every outcome has a short code from the fixed vocabulary :data:`REASONS`, stored with the
 candidate's verdict; :data:`ADVICE` is what the generator is told after a rejection.
@@ -132,8 +133,9 @@ PLACEHOLDER = re.compile(
     re.IGNORECASE,
 )
 """A slot left to fill ("{your suggested replacement}", "[Insert company name]", "[keyword]",
-"[key word 1]", "[theme]", "[new item]", "{{<string>}}"; not code such as ``arr[i]`` or ``d[key_name]``): a template, not a sample. Code such as ``f"{name}"`` or ``{your_var}``, and a key such as "[Enter]", do
-not match."""
+"[key word 1]", "[theme]", "[new item]", "{{<string>}}"): a template, not a sample. Code
+such as ``arr[i]``, ``d[key_name]``, ``f"{name}"`` or ``{your_var}``, and a key such as
+"[Enter]", do not match."""
 
 PROMPT_MARKUP = re.compile(r"<<|>>|\{\s*\d+(?:\.\d+)?\s*\}")
 """Markup of the generator's prompt copied into a candidate: the ``<<peak>>`` marks of a
