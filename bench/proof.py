@@ -78,11 +78,12 @@ from facsynth.db.catalog import Catalog  # noqa: E402
 from facsynth.tools.export import records  # noqa: E402
 from facsynth.tools.relevance import anchor_delta, contrast_relevance, task_features  # noqa: E402
 from facsynth.graph.config import RunConfig  # noqa: E402
-from facsynth.graph.prompts import REPLY_ECHOES  # noqa: E402
+from facsynth.graph.prompts import REPLY_ECHOES, task_labels  # noqa: E402
 from facsynth.tools.datasets import Dataset, Sample, load_dataset  # noqa: E402
 from facsynth.tools.downstream import EvalConfig  # noqa: E402
 from facsynth.tools.reader import Reader  # noqa: E402
 from facsynth.tools.quality import CopyIndex, calibrate_on, end_logprobs, text_problem  # noqa: E402
+from facsynth.tools.sides import covers, label_sides  # noqa: E402
 
 ARMS = ("agent", "paper", "unguided")
 LABELLED = {"sms-spam": ("sms_spam", "spam"), "tweet-sentiment": ("tweet_sentiment", "negative")}
@@ -151,19 +152,41 @@ def cut(sets: dict[str, list[tuple[str, str]]], how: str) -> tuple[dict[str, lis
     return out, " + ".join(f"{n} {lab}" for lab, n in count.items())
 
 
-def set_metrics(seed_file: Path, path: Path, anchor: Path, reader: Reader, deltas: dict) -> dict[str, float]:
-    """FAC of seed + set and of the set alone, and the set's text metrics."""
+class Reading:
+    """The run's own reading of FAC, by label and not: F (the task's features, as the runs
+    chose them), delta, and the label each feature of F marks on the anchor
+    (:func:`facsynth.tools.sides.label_sides`, as ``--fac-by-label`` runs count)."""
+
+    def __init__(self, reader: Reader, features: np.ndarray, delta: float, anchor: Dataset, labels: tuple[str, ...]) -> None:
+        self.reader, self.features, self.delta = reader, {int(f) for f in features}, delta
+        read = [(s.meta.get("label"), set(sf.active(delta).tolist())) for s, (sf, _) in zip(anchor, reader.read(anchor))]
+        self.sides = label_sides([(None if lab is None else str(lab), act) for lab, act in read], sorted(self.features), labels)
+
+    def fac(self, dataset: Dataset, by_label: bool) -> float:
+        """The share of F that some sample of ``dataset`` covers (by label: with its own label)."""
+        covered = {int(f) for s, (sf, _) in zip(dataset, self.reader.read(dataset)) for f in sf.active(self.delta)
+                   if int(f) in self.features and (not by_label or covers(int(f), s.meta.get("label"), self.sides))}
+        return len(covered) / len(self.features)
+
+
+def set_metrics(seed_file: Path, path: Path, anchor: Path, reader: Reader, deltas: dict,
+                reading: Reading | None = None) -> dict[str, float]:
+    """FAC of seed + set and of the set alone (over the features active on the anchor), the
+    run's own reading of FAC of seed + set, by label and not (``reading``), and the set's
+    text metrics."""
     grown = Dataset("grown", "proof", list(load_dataset(seed_file)) + list(load_dataset(path)))
     alone = facsynth.measure(path, anchor=anchor, reader=reader, **deltas)
+    own = {"fac_f_grown": reading.fac(grown, by_label=False), "fac_by_label_grown": reading.fac(grown, by_label=True)} \
+        if reading is not None else {}
     return {
         "fac_grown": facsynth.measure(grown, anchor=anchor, reader=reader, **deltas).coverage[0].fac,
-        "fac_set": alone.coverage[0].fac, "distinct_2": alone.diversity["distinct_2"],
+        "fac_set": alone.coverage[0].fac, **own, "distinct_2": alone.diversity["distinct_2"],
         "self_bleu": alone.diversity["self_bleu"], "cosine_distance": alone.diversity["cosine_distance"],
     }
 
 
 def score_mixes(args: argparse.Namespace, draw: int, seed_file: Path, test: Path, sets: dict[str, list[tuple[str, str]]],
-                size: int, tmp: Path, anchor: Path, reader: Reader, deltas: dict) -> list[dict[str, object]]:
+                size: int, tmp: Path, anchor: Path, reader: Reader, deltas: dict, reading: Reading) -> list[dict[str, object]]:
     """``--mixes``: K random sets of ``size`` drawn from the agent's and unguided's usable
     samples pooled, each scored like an arm (gain, FAC, text metrics, the agent's share)."""
     pool = [(row, "agent") for row in sets["agent"]] + [(row, "unguided") for row in sets["unguided"]]
@@ -178,11 +201,12 @@ def score_mixes(args: argparse.Namespace, draw: int, seed_file: Path, test: Path
         out.append({
             "draw": draw, "gain": gains[path.stem].value, "agent_share": sum(pool[i][1] == "agent" for i in pick) / size,
             "scored_share": sum(pool[i][0][1].lower() == args.positive.lower() for i in pick) / size,
-            **set_metrics(seed_file, path, anchor, reader, deltas),
+            **set_metrics(seed_file, path, anchor, reader, deltas, reading),
         })
     r = pearson([float(m["fac_grown"]) for m in out], [float(m["gain"]) for m in out])
+    r_label = pearson([float(m["fac_by_label_grown"]) for m in out], [float(m["gain"]) for m in out])
     print(f"  {args.mixes} mixes of {size}: gain {min(m['gain'] for m in out):+.3f} .. {max(m['gain'] for m in out):+.3f}, "
-          f"r(FAC seed+set, gain) {r:+.2f}", flush=True)
+          f"r(FAC seed+set, gain) {r:+.2f}, r(FAC by label, gain) {r_label:+.2f}", flush=True)
     return out
 
 
@@ -252,6 +276,8 @@ def main() -> None:
                     "paper out to save its calls)")
     ap.add_argument("--label-pairs", action="store_true", help="the agent writes each pair across the label "
                     "boundary the target marks (run option --label-pairs; default: the writer picks both labels)")
+    ap.add_argument("--fac-by-label", action="store_true", help="the runs count a feature of F as covered only by a "
+                    "sample with the label it marks on the anchor (run option --fac-by-label)")
     ap.add_argument("--positive", default=None, help="the positive label (contrast relevance and AUPRC; default: "
                     "the task's rarer class)")
     args = ap.parse_args()
@@ -310,6 +336,14 @@ def main() -> None:
                 features = np.unique(np.concatenate([sf.feature_ids for sf, _ in reader.read(anchor_set)]))
             args.delta = round(anchor_delta(reader, anchor_set, features, quantile=q), 3)
             print(f"delta from the anchor: the {q:g} quantile of F's activations there = {args.delta:g}", flush=True)
+        task_spec = resolve_task(Catalog(store), args.task)
+        run_f = task_features(reader, args.task) if args.relevance == "contrast" else \
+            np.unique(np.concatenate([sf.feature_ids[sf.max_acts > (args.delta if args.delta is not None else reader.default_delta)]
+                                      for sf, _ in reader.read(anchor_set)]))
+        reading = Reading(reader, run_f, float(args.delta) if args.delta is not None else reader.default_delta, anchor_set,
+                          task_labels(task_spec) or ())
+        print(f"the runs' reading: F {len(reading.features)} features, {len(reading.sides)} of them mark a label on the anchor",
+              flush=True)
         llm = {"temperature": 0.8, "top_p": 0.9, "max_tokens": 320, "max_concurrency": 2, "server": {"instances": 2}}
         if args.writer:
             llm |= {"model": args.writer, "server": {"instances": 2, "gguf": args.writer}}
@@ -320,6 +354,8 @@ def main() -> None:
             base["negative_min_new"] = args.negative_min_new
         if args.label_pairs:
             base["label_pairs"] = True
+        if args.fac_by_label:
+            base["fac_by_label"] = True
         if args.delta is not None:
             base["delta"] = args.delta
         deltas = {"deltas": [args.delta]} if args.delta is not None else {}
@@ -362,13 +398,14 @@ def main() -> None:
                 seed_auprc = next(a.auprc.value for a in ev.arms if a.name == "seed")
                 for arm, path in files.items():
                     gain = gains[path.stem]
-                    metrics = set_metrics(seed_file, path, anchor, reader, deltas)
+                    metrics = set_metrics(seed_file, path, anchor, reader, deltas, reading)
                     points.append({"draw": draw, "arm": arm, "n": size, "seed_auprc": seed_auprc, "gain": gain.value,
                                    "gain_low": gain.low, "gain_high": gain.high, **metrics})
                     print(f"  {arm}: seed AUPRC {seed_auprc:.3f}, gain {gain.value:+.3f} [{gain.low:+.3f}, "
-                          f"{gain.high:+.3f}], FAC seed+set {metrics['fac_grown']:.1%}", flush=True)
+                          f"{gain.high:+.3f}], FAC seed+set {metrics['fac_grown']:.1%}, the runs' F: "
+                          f"{metrics['fac_f_grown']:.1%}, by label {metrics['fac_by_label_grown']:.1%}", flush=True)
                 if args.mixes and {"agent", "unguided"} <= set(sets):
-                    mixes.extend(score_mixes(args, draw, seed_file, test, sets, size, tmp, anchor, reader, deltas))
+                    mixes.extend(score_mixes(args, draw, seed_file, test, sets, size, tmp, anchor, reader, deltas, reading))
 
     print(f"\n{'draw':>4} {'arm':9} {'n':>3} {'seed AUPRC':>10} {'gain':>7} {'95% CI':>17} {'FAC s+set':>9} "
           f"{'FAC set':>7} {'dist-2':>6} {'sBLEU':>6} {'cos':>6}")
@@ -383,7 +420,7 @@ def main() -> None:
         print(f"calls_per_arm={args.calls}\nwriter={args.writer or 'smollm2-135m-instruct'}")
     print(f"relevance={args.relevance}" + (f" auroc={args.auroc:g} both_sides={args.both_sides}" if args.relevance == "contrast" else ""))
     print(f"size={args.size}\nmax_calls={args.max_calls}\ndelta={args.delta if args.delta is not None else 'default'}")
-    print(f"arms={','.join(arms)}\nlabel_pairs={args.label_pairs}")
+    print(f"arms={','.join(arms)}\nlabel_pairs={args.label_pairs}\nfac_by_label={args.fac_by_label}")
     print(f"sae={args.sae or 'default'}\nnegative_min_new={args.negative_min_new if args.negative_min_new is not None else 'default'}")
     print(f"points={len(points)}\nseconds={time.monotonic() - started:.0f}")
     for arm in ARMS:
@@ -396,6 +433,7 @@ def main() -> None:
         if mine:
             print(f"{arm}_mean_gain={np.mean([p['gain'] for p in mine]):.4f}")
             print(f"{arm}_mean_fac_grown={np.mean([p['fac_grown'] for p in mine]):.4f}")
+            print(f"{arm}_mean_fac_by_label_grown={np.mean([p['fac_by_label_grown'] for p in mine]):.4f}")
             print(f"{arm}_mean_n={np.mean([p['n'] for p in mine]):.1f}")
     for guided in ("agent", "paper"):
         diffs = [a["gain"] - u["gain"] for a in points for u in points
@@ -408,15 +446,16 @@ def main() -> None:
             wilcoxon = stats.wilcoxon(diffs).pvalue if len(diffs) > 1 and any(diffs) else float("nan")
             print(f"{guided}_ahead={ahead}/{len(diffs)}\n{guided}_wilcoxon_p={wilcoxon:.3f}")
     gains = [float(p["gain"]) for p in points]
-    for metric in ("fac_grown", "fac_set", "distinct_2", "self_bleu", "cosine_distance"):
+    metrics = ("fac_grown", "fac_set", "fac_f_grown", "fac_by_label_grown", "distinct_2", "self_bleu", "cosine_distance")
+    for metric in metrics:
         print(f"pearson_gain_{metric}={pearson([float(p[metric]) for p in points], gains):.3f}")
     # within draws: each draw's mean taken out, so that a seed's own headroom (large gains and
     # low FAC for every arm of a weak seed) does not pass for an effect of the metric
-    for metric in ("fac_grown", "fac_set", "distinct_2", "self_bleu", "cosine_distance"):
+    for metric in metrics:
         print(f"pearson_within_draw_gain_{metric}={pearson(within_draw(points, metric), within_draw(points, 'gain')):.3f}")
     if mixes:
         print(f"mixes={len(mixes)}  # {args.mixes} a draw")
-        for metric in ("fac_grown", "fac_set", "distinct_2", "self_bleu", "cosine_distance", "agent_share", "scored_share"):
+        for metric in (*metrics, "agent_share", "scored_share"):
             r = pearson(within_draw(mixes, metric), within_draw(mixes, "gain"))
             per_draw = [pearson([float(m[metric]) for m in mixes if m["draw"] == d], [float(m["gain"]) for m in mixes if m["draw"] == d])
                         for d in sorted({m["draw"] for m in mixes})]
@@ -426,7 +465,7 @@ def main() -> None:
         # scored class's share, within draws, taken out)
         share = np.asarray(within_draw(mixes, "scored_share"))
         gain_left = residual(np.asarray(within_draw(mixes, "gain")), share)
-        for metric in ("fac_grown", "fac_set", "distinct_2", "self_bleu", "cosine_distance", "agent_share"):
+        for metric in (*metrics, "agent_share"):
             left = residual(np.asarray(within_draw(mixes, metric)), share)
             print(f"mix_partial_r_given_scored_share_{metric}={pearson(list(left), list(gain_left)):.3f}")
 

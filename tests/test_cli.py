@@ -78,3 +78,34 @@ def test_width_mismatch_and_bad_layer_are_one_clear_line(tmp_path):
     assert "576" in one_line_error(proc)
     proc = run("measure", str(DEMO / "seed.jsonl"), "--layer", "42", cwd=tmp_path)
     assert "layer 42 is out of range" in one_line_error(proc)
+
+
+def test_by_label_a_cue_counts_only_on_a_sample_with_the_label_it_marks(tmp_path):
+    tweets = shipped("tweet_sentiment")
+    rows = [json.loads(line) for line in (tweets / "seed.jsonl").read_text(encoding="utf-8").splitlines()]
+    flipped = tmp_path / "flipped.jsonl"  # the same texts with every label swapped
+    flipped.write_text("".join(json.dumps({"text": r["text"], "label": "positive" if r["label"] == "negative" else "negative"})
+                               + "\n" for r in rows), encoding="utf-8")
+    reports = {}
+    for name, data in (("seed", tweets / "seed.jsonl"), ("flipped", flipped)):
+        out = tmp_path / f"{name}.json"
+        proc = run("measure", str(data), "--anchor", str(tweets / "anchor.jsonl"), "--by-label", "--delta", "6",
+                   "--json", str(out), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert "FAC by label at delta 6" in proc.stdout
+        reports[name] = json.loads(out.read_text())
+    seed, flipped_rep = reports["seed"], reports["flipped"]
+    blind, by_label = seed["coverage"][0], seed["by_label"][0]
+    assert set(by_label["marks"]) == {"negative", "positive"} and by_label["coverage"]["total"] == blind["total"]
+    # a labelled set covers by label at most what it covers by any sample; with wrong labels, far less
+    assert by_label["coverage"]["covered"] < blind["covered"]
+    assert flipped_rep["coverage"][0]["covered"] == blind["covered"]  # the same texts fire the same features
+    assert flipped_rep["by_label"][0]["coverage"]["covered"] < by_label["coverage"]["covered"]
+
+
+def test_by_label_without_labels_is_one_clear_line_before_the_model_loads(tmp_path):
+    tweets = shipped("tweet_sentiment")
+    proc = run("measure", str(DEMO / "seed.jsonl"), "--anchor", str(tweets / "anchor.jsonl"), "--by-label", cwd=tmp_path)
+    assert "has no 'label' field" in one_line_error(proc)
+    proc = run("measure", str(tweets / "seed.jsonl"), "--by-label", cwd=tmp_path)
+    assert "give --anchor" in one_line_error(proc)

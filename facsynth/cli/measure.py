@@ -38,6 +38,8 @@ def measure_command(
     db: Optional[str] = DB,
     no_store: bool = typer.Option(False, "--no-store", help="Do not read or write stored activations."),
     show_missing: int = typer.Option(20, "--show-missing", help="Missing feature ids to print (all are in --json)."),
+    by_label: bool = typer.Option(False, "--by-label", help="Also FAC by label: a feature that marks a label on the (labelled) anchor counts as covered only by a sample with that label."),
+    label_column: str = typer.Option("label", "--label-column", help="With --by-label: the field that holds each sample's label."),
     ray: Optional[str] = RAY,
     ray_actors: Optional[int] = RAY_ACTORS,
 ) -> None:
@@ -55,6 +57,10 @@ def measure_command(
     feature_ids = read_feature_ids(features) if features is not None else None
     if task_name is not None and features is not None:
         raise InputError("give either --task or --features, not both")
+    if by_label:
+        from facsynth.tools.measure import check_labelled
+
+        check_labelled(data_ds, anchor_ds, label_column)
     with ExitStack() as on_ray:
         with_ray = join_ray(on_ray, ray, console)
         with console.status("loading model and SAE"):
@@ -64,13 +70,13 @@ def measure_command(
             )
         if with_ray:
             reader.pool = ray_pool(reader, ray_actors, console)
-        report = _measure(reader, data_ds, anchor_ds, feature_ids, task_name, delta)
+        report = _measure(reader, data_ds, anchor_ds, feature_ids, task_name, delta, by_label, label_column)
     if json_out is not None:
         _write_atomic(json_out, report.model_dump_json(indent=2))
     print_report(report, show_missing)
 
 
-def _measure(reader, data_ds, anchor_ds, feature_ids, task_name, delta):  # noqa: ANN001, ANN202 - imported lazily
+def _measure(reader, data_ds, anchor_ds, feature_ids, task_name, delta, by_label=False, label_column="label"):  # noqa: ANN001, ANN202
     """:func:`facsynth.tools.measure.measure` under a progress bar."""
     from facsynth.tools.measure import measure
 
@@ -88,7 +94,8 @@ def _measure(reader, data_ds, anchor_ds, feature_ids, task_name, delta):  # noqa
             bar.update(task, advance=n, tps=tokens[0] / elapsed)
 
         return measure(
-            data_ds, anchor=anchor_ds, features=feature_ids, task=task_name, deltas=delta, reader=reader, progress=progress
+            data_ds, anchor=anchor_ds, features=feature_ids, task=task_name, deltas=delta, reader=reader, progress=progress,
+            by_label=by_label, label_column=label_column,
         )
 
 
@@ -124,6 +131,11 @@ def print_report(report, show_missing: int = 20) -> None:  # noqa: ANN001 - Meas
             f"{c.features_per_1k_tokens:.1f}", f"{c.mean_active_per_sample:.1f}", f"{c.mean_active_per_1k_tokens:.1f}",
         )
     console.print(table)
+    for lc in report.by_label or []:
+        c = lc.coverage
+        marks = ", ".join(f"{n} mark {lab}" for lab, n in lc.marks.items())
+        console.print(f"FAC by label at delta {c.delta:g}: [bold]{c.fac:.1%}[/] ({c.covered} / {c.total}; {marks}, "
+                      f"{c.total - sum(lc.marks.values())} mark none): a feature that marks a label counts only on a sample with it")
     div = Table(title="Text diversity (for comparison)")
     div.add_column("metric")
     div.add_column("value", justify="right")
@@ -135,6 +147,12 @@ def print_report(report, show_missing: int = 20) -> None:  # noqa: ANN001 - Meas
             shown = ", ".join(map(str, c.missing[:show_missing]))
             more = f" ... (+{len(c.missing) - show_missing}, see --json)" if len(c.missing) > show_missing else ""
             console.print(f"missing at delta {c.delta:g}: {shown}{more}")
+    for lc in report.by_label or []:
+        c = lc.coverage
+        if c.missing and show_missing:
+            shown = ", ".join(map(str, c.missing[:show_missing]))
+            more = f" ... (+{len(c.missing) - show_missing}, see --json)" if len(c.missing) > show_missing else ""
+            console.print(f"missing by label at delta {c.delta:g}: {shown}{more}")
     console.print(f"{report.seconds:.1f}s, {report.tokens_per_s:.0f} tokens/s")
 
 

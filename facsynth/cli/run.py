@@ -212,6 +212,7 @@ RUN_FLAGS = {
     "task": ("--task", "-t"), "seed": ("--seed", "-s"), "anchor": ("--anchor", "-a"), "model": ("--model", "-m"),
     "layer": ("--layer", "-l"), "near_duplicate_cosine": ("--near-dup",), "quality": ("--quality/--no-quality",),
     "quality_judge": ("--judge/--no-judge",), "label_pairs": ("--label-pairs/--no-label-pairs",),
+    "fac_by_label": ("--fac-by-label/--no-fac-by-label",),
 }
 """Flags of :class:`~facsynth.graph.config.RunConfig` fields that are not ``--field-name``."""
 

@@ -36,6 +36,7 @@ from facsynth.db.runs import Admission, Candidate, Verdict
 from facsynth.graph.config import RunConfig
 from facsynth.tools.candidates import Reading
 from facsynth.tools.quality import JudgeReply, Problem
+from facsynth.tools.sides import covers
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def verdict_rule(cfg: RunConfig) -> VerdictRule:
 def judge(
     c: Candidate, r: Reading, *, threshold: float, delta: float, adds: bool, duplicate: str | None,
     problem: Problem | None = None, negative_min_new: int = 3, checks: dict[str, Any] | None = None,
-    needs_target: bool = True, miss_min_new: int = 0, other_label: bool = False,
+    needs_target: bool = True, miss_min_new: int = 0, other_label: bool = False, sides: dict[int, str] | None = None,
 ) -> Verdict:
     """The verdict on one candidate (pure). ``problem``: why it is no usable sample at all
     (text, model or LLM-judge check, :mod:`facsynth.tools.quality`), for positives and
@@ -84,11 +85,15 @@ def judge(
     ``miss_min_new``: a usable positive that misses its target still joins the data when it
     covers this many missing features (0: never; the agent uses ``negative_min_new``), while
     its target goes back to the generator as rejected; ``other_label``: a negative that is the
-    other-label half of a label pair, which joins when usable whatever it covers."""
+    other-label half of a label pair, which joins when usable whatever it covers; ``sides``
+    (``fac_by_label``): the label each feature marks, so that the candidate credits only the
+    features its own label covers (:func:`covers`), and a positive written with another label
+    than its target marks misses the target."""
     act = r.target_act
     common = {
         "candidate_id": c.id, "target_act": act, "span": r.span, "feature_ids": r.features.feature_ids,
-        "max_acts": r.features.max_acts, "fires": [int(f) for f in r.fires(delta)], "checks": checks,
+        "max_acts": r.features.max_acts, "fires": [int(f) for f in r.fires(delta) if covers(int(f), c.label, sides)],
+        "checks": checks,
     }
     if problem is not None:
         return Verdict(**common, verdict="rejected", reason=f"quality: {problem.message}", code=problem.code)
@@ -108,6 +113,12 @@ def judge(
             return Verdict(**common, verdict="duplicate", reason=duplicate, code="duplicate")
         return Verdict(**common, verdict="accepted", reason="unguided sample: a usable sample of the task", accept=adds,
                        code="joined" if adds else "example")
+    if act > threshold and not covers(c.feature, c.label, sides):
+        joins = miss_min_new > 0 and adds and duplicate is None
+        return Verdict(**common, verdict="rejected", reason=f"target fires ({act:.2f}) but marks the label "
+                       f"{sides[c.feature]!r} (sides: by label), not {c.label!r}"  # type: ignore[index]
+                       + (f" (joins if it covers {miss_min_new}+ missing features)" if joins else ""),
+                       code="other_label", accept=joins, min_new=max(miss_min_new, 1))
     if act <= threshold:
         joins = miss_min_new > 0 and adds and duplicate is None
         return Verdict(**common, verdict="rejected", reason=f"target reached {act:.2f}, needs > {threshold:g}"
@@ -121,15 +132,16 @@ def judge(
 
 def judge_with(
     rule: VerdictRule, c: Candidate, r: Reading, *, threshold: float, delta: float, duplicate: str | None,
-    problem: Problem | None, checks: dict[str, Any] | None, marks: str | None = None,
+    problem: Problem | None, checks: dict[str, Any] | None, marks: str | None = None, sides: dict[int, str] | None = None,
 ) -> Verdict:
     """:func:`judge` with a run's :class:`VerdictRule`; ``marks``: the label the candidate's
-    target marks, where the run writes label pairs and the anchor shows one."""
+    target marks, where the run writes label pairs and the anchor shows one; ``sides``: the
+    run's labels by feature when it counts coverage by label (``fac_by_label``)."""
     other = rule.pair_joins and c.role == "negative" and marks is not None and c.label is not None \
         and c.label.strip().lower() != marks.strip().lower()
     return judge(c, r, threshold=threshold, delta=delta, adds=rule.adds(c), duplicate=duplicate, problem=problem,
                  negative_min_new=rule.negative_min_new, checks=checks, needs_target=rule.needs_target,
-                 miss_min_new=rule.miss_min_new, other_label=other)
+                 miss_min_new=rule.miss_min_new, other_label=other, sides=sides)
 
 
 def judge_problem(reply: JudgeReply | None) -> Problem | None:

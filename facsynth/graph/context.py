@@ -23,12 +23,13 @@ from facsynth.db.claims import Claims
 from facsynth.db.runs import RunRecord, Runs
 from facsynth.db.store import Store
 from facsynth.graph.config import RunConfig
-from facsynth.graph.prompts import LabelSide, task_labels
+from facsynth.graph.prompts import task_labels
 from facsynth.records import SampleFeatures
 from facsynth.tools.datasets import Sample, sample_from_row
 from facsynth.tools.reader import Reader
 from facsynth.tools.quality import Calibration, CopyIndex, TopicIndex
 from facsynth.tools.candidates import DuplicateIndex, Verifier, span_text, text_hash
+from facsynth.tools.sides import LabelSide, label_side
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,13 @@ class Resources:
             spans = [(span_text(verifier.span(self.anchor[i][0], feature)), act) for act, i in acts[:n]]
         self._spans[feature] = [(text, act) for text, act in spans if text]
         return self._spans[feature]
+
+    @property
+    def sides(self) -> dict[int, str] | None:
+        """With ``fac_by_label``: the label each feature of F marks, as the run stored it at
+        creation (features that mark none are absent); None for a run that counts by any sample."""
+        stored = self.run.config.get("setup", {}).get("sides")
+        return None if stored is None else {int(f): str(lab) for f, lab in stored.items()}
 
     def label_side(self, feature: int) -> LabelSide | None:
         """On a labelled task, the label the feature marks (:func:`label_side`: which label's
@@ -220,35 +228,6 @@ class Resources:
         """A sample this process accepted joins the duplicate index at once."""
         self._dups_own.add(sample_id)
         self.duplicates().add(f"accepted sample {sample_id}", text_hash, features, text=text)
-
-
-LABEL_LIFT = 1.5
-"""A feature marks a label when it shows in that label's anchor samples at least this many
-times as often as in any other label's."""
-
-
-def label_side(fired: list[tuple[str | None, bool]], labels: tuple[str, ...], lift: float = LABEL_LIFT) -> LabelSide | None:
-    """The label a feature marks (pure): ``fired`` holds each anchor sample's label and whether
-    the feature shows in it. The label whose samples show it most often marks it when that
-    rate is at least ``lift`` times every other label's and it shows in 2+ of its samples; the
-    contrast label is the other one of a two-label task (None with more labels). None: fewer
-    than two of ``labels`` on the anchor, or no label stands out."""
-    keys = {lab.lower(): lab for lab in labels}
-    seen: dict[str, list[int]] = {}
-    for lab, hit in fired:
-        key = (lab or "").strip().lower()
-        if key in keys:
-            n = seen.setdefault(keys[key], [0, 0])
-            n[0] += 1
-            n[1] += int(hit)
-    if len(seen) < 2:
-        return None
-    rate = {lab: hits / total for lab, (total, hits) in seen.items()}
-    top = max(rate, key=lambda lab: (rate[lab], lab))
-    if seen[top][1] < 2 or any(rate[top] < lift * r for lab, r in rate.items() if lab != top):
-        return None
-    others = [lab for lab in labels if lab != top]
-    return LabelSide(top, others[0] if len(others) == 1 else None, seen[top][1], seen[top][0])
 
 
 def _label(meta: dict[str, Any]) -> str | None:

@@ -71,7 +71,7 @@ def build_request(res: Resources, cfg: RunConfig, feature: int, attempt: int, st
         feature=feature, step=step, strategy=cfg.strategy, task=res.task, explanation=res.explanation(feature),
         spans=spans, threshold=res.threshold, style=list(style), request=requests,
         examples=res.seed_examples(feature, n=AGENT_EXAMPLES) if cfg.strategy == "agent" else [],
-        side=res.label_side(feature) if cfg.strategy == "agent" and cfg.label_pairs else None,
+        side=res.label_side(feature) if cfg.strategy == "agent" and (cfg.label_pairs or cfg.fac_by_label) else None,
     )
     if step == 2:
         usable = [c for c in history if not (c.reason or "").startswith("quality:")]  # no echo or stub as an example
@@ -117,6 +117,9 @@ def feedback(history: list[Candidate], attempt: int, threshold: float) -> list[s
                 lines.append(f"the negative fired the feature too ({act:.1f} > {threshold:.1f}){where}: leave that out of it")
         elif c.verdict == "duplicate":
             lines.append(f"the positive repeated existing data ({c.reason}): write something new")
+        elif c.code == "other_label":
+            lines.append(f"the positive fired the feature ({act:.1f}) but was labelled {c.label!r}: write it with "
+                         "the label this feature marks, with a text that fits that label")
         elif c.verdict == "rejected":
             lines.append(
                 f"the positive reached only {act:.1f} (needs more than {threshold:.1f}){where}; "

@@ -7,7 +7,7 @@ high, reuse its activating phrase verbatim, else paraphrase it". The agent strat
 two seed samples (for the format and register, as the unguided baseline has them), the
 verifier's feedback on the last attempt and the run's style directives. With ``label_pairs``,
 on a labelled task whose anchor shows which label the target marks
-(:func:`facsynth.graph.context.label_side`), the agent writes its pair across the label
+(:func:`facsynth.tools.sides.label_side`), the agent writes its pair across the label
 boundary: the positive with that label, the contrast sample with the other, on the same
 subject (a minimal pair). The paper strategy asks for two samples and gets no feedback.
 The unguided baseline shows no feature at all: a few seed examples and "write two more
@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, create_model, field_validator
 
 from facsynth.agent.tasks import TaskSpec
+from facsynth.tools.sides import LabelSide  # noqa: F401 (re-exported: the prompt's label side)
 
 GENERATOR_SYSTEM = (
     "You write training data. Every sample you write must be natural, self-contained and in the requested "
@@ -97,20 +98,6 @@ def task_labels(task: TaskSpec) -> tuple[str, ...] | None:
 
 def task_sample_format(task: TaskSpec) -> str:
     return str((task.format or {}).get("sample") or "one user message (a prompt to an assistant)")
-
-
-@dataclass(frozen=True)
-class LabelSide:
-    """On a labelled task, the label whose samples carry a feature (from the anchor's labels)."""
-
-    label: str
-    """The label the feature marks: the agent's positive is written with it."""
-    other: str | None
-    """The contrast sample's label: the other label of a two-label task (None: any other)."""
-    hits: int = 0
-    """Anchor samples of ``label`` the feature shows in ..."""
-    total: int = 0
-    """... of this many."""
 
 
 @dataclass

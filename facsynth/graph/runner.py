@@ -27,7 +27,7 @@ from langgraph.types import Command
 from sqlalchemy import text
 
 from facsynth.agent.llm import LLMClient
-from facsynth.agent.tasks import resolve_task
+from facsynth.agent.tasks import TaskSpec, resolve_task
 from facsynth.db.catalog import Catalog
 from facsynth.db.claims import Claims, supports_workers
 from facsynth.db.runs import Candidate, RunRecord, Runs, Summary
@@ -37,9 +37,10 @@ from facsynth.graph.config import RunConfig, check_run_name
 from facsynth.graph.context import RunContext, open_resources
 from facsynth.graph.graph import build_graph
 from facsynth.graph.prompts import task_labels
-from facsynth.tools.datasets import Dataset, load_dataset
+from facsynth.tools.datasets import Dataset, Sample, load_dataset
 from facsynth.tools.reader import Reader
 from facsynth.tools.quality import calibrate_on
+from facsynth.tools.sides import covers, label_sides
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,26 @@ def _priorities(catalog: Catalog, reader_id: int, task: str, missing: list[int],
             exp_score = 0.5 + (e.detection_score or 0.0)
         out[f] = round(10.0 * labels.get(f, 0.0) + exp_score + float(anchor_freq[f]), 6)
     return out
+
+
+def _label_of(sample: Sample) -> str | None:
+    value = sample.meta.get("label")
+    return None if value is None else str(value)
+
+
+def _sides_of(reader: Reader, task: TaskSpec, anchor: Dataset | None, seed: Dataset, fset: np.ndarray, delta: float) -> dict[int, str]:
+    """``fac_by_label``: the label each feature of F marks on the labelled anchor (one clear
+    error where the task, the anchor or the seed has no labels)."""
+    labels = task_labels(task)
+    if labels is None:
+        raise InputError(f"--fac-by-label needs a labelled task; task {task.name!r} defines no labels")
+    if anchor is None:
+        raise InputError("--fac-by-label reads which label each feature marks off a labelled anchor: give --anchor")
+    for ds in (anchor, seed):
+        if not any(_label_of(s) is not None for s in ds):
+            raise InputError(f"--fac-by-label: {ds.source} has no 'label' field; label its samples ({', '.join(labels)})")
+    read = [(_label_of(s), set(sf.active(delta).tolist())) for s, (sf, _) in zip(anchor, reader.read(anchor))]
+    return label_sides(read, fset, labels)
 
 
 def prepare_run(cfg: RunConfig, name: str | None, store: Store, reader: Reader | None = None,
@@ -121,7 +142,15 @@ def prepare_run(cfg: RunConfig, name: str | None, store: Store, reader: Reader |
         )
     if fset.size == 0:
         raise InputError("the feature set is empty: the anchor fires no feature above delta")
-    missing = [int(f) for f in fset if not seed_active[f]]
+    sides: dict[int, str] | None = None
+    if cfg.fac_by_label:  # a feature is covered by a sample with the label it marks on the anchor
+        sides = _sides_of(reader, task, anchor, seed, fset, delta)
+        seed_by_label = [(_label_of(s), set(sf.active(delta).tolist())) for s, (sf, _) in zip(seed, reader.read(seed))]
+        seed_covers = {int(f) for f in fset if any(f in active and covers(f, lab, sides) for lab, active in seed_by_label)}
+        missing = [int(f) for f in fset if int(f) not in seed_covers]
+        how += f"; coverage by label ({len(sides)} of F's {fset.size} features mark a label on the anchor)"
+    else:
+        missing = [int(f) for f in fset if not seed_active[f]]
     pri = _priorities(catalog, rid, task.name, missing, anchor_freq)
     held_back: list[int] = []
     if cfg.max_features is not None and len(missing) > cfg.max_features:
@@ -139,6 +168,7 @@ def prepare_run(cfg: RunConfig, name: str | None, store: Store, reader: Reader |
             "delta": delta, "threshold": threshold, "seed_dataset_id": seed_id, "anchor_dataset_id": anchor_id,
             "seed_samples": len(seed), "anchor_samples": len(anchor) if anchor is not None else 0,
             "quality": quality.model_dump(mode="json") if quality is not None else None,
+            **({"sides": {str(f): lab for f, lab in sorted(sides.items())}} if sides is not None else {}),
         },
     }
     run = runs.create(

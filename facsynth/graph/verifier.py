@@ -74,11 +74,12 @@ async def _judge_all(res: Resources, cfg: RunConfig, pairs: list[tuple[Candidate
            for (c, r), p, s in zip(pairs, problems, samples)]
     sides = {c.feature: res.label_side(c.feature) for c, _ in pairs} if rule.pair_joins else {}
     marks = {f: s.label for f, s in sides.items() if s is not None}
+    sides_by_label = res.sides  # fac_by_label: a candidate credits only what its own label covers
 
     def decide() -> list[Verdict]:
         return [
             judge_with(rule, c, r, threshold=res.threshold, delta=res.delta, duplicate=d, problem=p, checks=k,
-                       marks=marks.get(c.feature))
+                       marks=marks.get(c.feature), sides=sides_by_label)
             for (c, r), d, p, k in zip(pairs, dup, problems, checks)
         ]
 

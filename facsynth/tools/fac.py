@@ -90,7 +90,7 @@ class Coverage(BaseModel):
 
 def coverage(counter: CoverageCounter, feature_set: np.ndarray, delta: float, *, with_stats: bool = True) -> Coverage:
     """FAC of the counted data over ``feature_set`` (bool [d_sae] mask or id array)."""
-    mask = _as_mask(feature_set, counter.d_sae)
+    mask = as_mask(feature_set, counter.d_sae)
     total = int(mask.sum())
     if total == 0:
         raise InputError(f"the feature set is empty at delta {delta}: nothing to cover")
@@ -116,7 +116,8 @@ def coverage(counter: CoverageCounter, feature_set: np.ndarray, delta: float, *,
     )
 
 
-def _as_mask(features: np.ndarray, d_sae: int) -> np.ndarray:
+def as_mask(features: np.ndarray, d_sae: int) -> np.ndarray:
+    """A feature set (bool [d_sae] mask or id array) as a bool [d_sae] mask; ids out of range are an error."""
     features = np.asarray(features)
     if features.dtype == bool:
         if features.shape != (d_sae,):

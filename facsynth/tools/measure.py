@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,11 +19,21 @@ from facsynth.errors import InputError
 from facsynth.tools.datasets import Dataset, load_dataset
 from facsynth.tools.diversity import text_diversity
 from facsynth.tools.encoder import Progress
-from facsynth.tools.fac import Coverage, coverage, read_feature_ids
+from facsynth.tools.fac import Coverage, CoverageCounter, as_mask, coverage, read_feature_ids
 from facsynth.tools.reader import DatasetInfo, Reader, ReaderInfo
 from facsynth.tools.relevance import task_features
+from facsynth.tools.sides import credited_by_label, label_sides, labels_of
 
 log = logging.getLogger(__name__)
+
+
+class LabelCoverage(BaseModel):
+    """FAC by label at one delta (:mod:`facsynth.tools.sides`): a feature of F that marks a
+    label on the anchor is covered only by a sample with that label."""
+
+    coverage: Coverage
+    marks: dict[str, int]
+    """Features of F that mark each label on the anchor (the rest mark none: any sample covers them)."""
 
 
 class MeasureReport(BaseModel):
@@ -33,6 +44,8 @@ class MeasureReport(BaseModel):
     reader: ReaderInfo
     feature_set: str
     coverage: list[Coverage]
+    by_label: list[LabelCoverage] | None = None
+    """With ``by_label``: FAC by label, per delta (the same deltas as ``coverage``)."""
     diversity: dict
     seconds: float
     tokens_per_s: float
@@ -58,6 +71,8 @@ def measure(
     reader: Reader | None = None,
     limit: int | None = None,
     progress: Progress | None = None,
+    by_label: bool = False,
+    label_column: str = "label",
     **reader_options: object,
 ) -> MeasureReport:
     """FAC of ``data``, the features it misses, and its text diversity.
@@ -68,6 +83,7 @@ def measure(
     SAE features. ``deltas``
     default to the SAE's recommended delta. ``reader_options`` go to :class:`Reader`
     when no reader is given (model, sae, layer, activation, device, dtype, store, ...).
+    ``by_label``: also FAC by label (``label_column`` of ``data`` and of the labelled ``anchor``).
     """
     if anchor is not None and features is not None:
         raise InputError("give either an anchor or a feature file, not both")
@@ -76,6 +92,8 @@ def measure(
     started = time.perf_counter()
     data_ds = _as_dataset(data, limit)
     anchor_ds = _as_dataset(anchor, limit) if anchor is not None else None
+    if by_label:
+        check_labelled(data_ds, anchor_ds, label_column)
     reader = reader or Reader(**reader_options)  # type: ignore[arg-type]
     task_ids = None
     if task is not None:
@@ -101,6 +119,7 @@ def measure(
         label = f"all {reader.sae.d_sae} SAE features"
         sets = {d: np.ones(reader.sae.d_sae, dtype=bool) for d in deltas}
     covs = [coverage(counted.counter, sets[d], d) for d in deltas]
+    labelled = _by_label(reader, data_ds, anchor_ds, sets, deltas, label_column) if by_label and anchor_ds is not None else None
 
     texts = [s.plain_text for s in data_ds]
     vectors = np.stack(counted.pooled) if counted.pooled else None
@@ -112,7 +131,38 @@ def measure(
         reader=reader.info,
         feature_set=label,
         coverage=covs,
+        by_label=labelled,
         diversity=text_diversity(texts, vectors).to_dict(),
         seconds=seconds,
         tokens_per_s=tokens / seconds if seconds > 0 else 0.0,
     )
+
+
+def check_labelled(data: Dataset, anchor: Dataset | None, column: str = "label") -> None:
+    """FAC by label needs a labelled anchor (which label each feature marks) and labelled
+    data: one clear error otherwise, before any model loads."""
+    if anchor is None:
+        raise InputError("--by-label reads which label each feature marks off a labelled anchor: give --anchor")
+    for ds, what in ((anchor, "the anchor"), (data, "the data")):
+        if not any(v is not None for v in labels_of(ds, column)):
+            raise InputError(f"--by-label: {what} ({ds.source}) has no {column!r} field; label its samples "
+                             "(or name the field with --label-column)")
+    if len({v.strip().lower() for v in labels_of(anchor, column) if v is not None}) < 2:
+        raise InputError(f"--by-label: the anchor ({anchor.source}) has one label only; a feature marks a label against the others")
+
+
+def _by_label(reader: Reader, data: Dataset, anchor: Dataset, sets: dict[float, np.ndarray], deltas: list[float],
+              column: str) -> list[LabelCoverage]:
+    """FAC by label per delta: which label each feature of F marks, read off the anchor at
+    that delta; then each data sample counts only the features its label covers."""
+    a_labels, d_labels = labels_of(anchor, column), labels_of(data, column)
+    labels = tuple(sorted({v for v in a_labels if v is not None}))
+    a_read = [sf for sf, _ in reader.read(anchor)]
+    d_read = [sf for sf, _ in reader.read(data)]
+    out = []
+    for d in deltas:
+        ids = np.flatnonzero(as_mask(sets[d], reader.sae.d_sae))
+        sides = label_sides([(lab, set(sf.active(d).tolist())) for lab, sf in zip(a_labels, a_read)], ids, labels)
+        counter = CoverageCounter(reader.sae.d_sae, [d]).update(credited_by_label(zip(d_labels, d_read), sides, d))
+        out.append(LabelCoverage(coverage=coverage(counter, sets[d], d), marks=dict(sorted(Counter(sides.values()).items()))))
+    return out

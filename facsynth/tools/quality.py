@@ -78,6 +78,7 @@ REASONS: dict[str, str] = {
     "judge_no": "the LLM judge said No",
     "duplicate": "duplicate of the seed or an accepted sample",
     "target_not_fired": "positive did not fire its target",
+    "other_label": "positive fired its target with another label than the target marks (coverage by label)",
     "fires_target": "negative fired its target",
     "denied_in_review": "denied in review",
 }

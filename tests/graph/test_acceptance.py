@@ -151,3 +151,36 @@ def test_with_label_pairs_the_other_labels_contrast_sample_joins_whatever_it_cov
     assert not decide(rule(True), contrast("ham"), duplicate="near duplicate")[0].accept
     assert decide(rule(True), contrast("ham"), problem=Problem("not_fluent", "not fluent"))[0].code == "not_fluent"
     assert decide(rule(True), contrast("ham"), act=reading(20.0, [1]))[0].code == "fires_target"
+
+
+def test_by_label_a_sample_credits_only_the_features_its_own_label_covers() -> None:
+    sides = {1: "spam", 8: "ham"}  # feature 9 marks no label: any sample covers it
+
+    def labelled(role: str, label: str | None) -> Candidate:
+        c = cand(role)
+        c.label = label
+        return c
+
+    spam = judge(labelled("positive", "Spam"), reading(13.0, [1, 8, 9]), threshold=12.0, delta=4.0, adds=True,
+                 duplicate=None, sides=sides)
+    assert (spam.verdict, spam.code, spam.accept, spam.fires) == ("accepted", "joined", True, [1, 9])
+    # the target fires, but on a sample of the other label: it misses, and joins only on what it covers
+    ham = judge(labelled("positive", "ham"), reading(13.0, [1, 8, 9]), threshold=12.0, delta=4.0, adds=True,
+                duplicate=None, sides=sides, miss_min_new=1)
+    assert (ham.verdict, ham.code, ham.fires, ham.min_new) == ("rejected", "other_label", [8, 9], 1)
+    assert "marks the label 'spam'" in ham.reason and ham.accept
+    assert not admit(ham, role="positive", same_text_as=None, credits=[]).joins
+    unlabelled = judge(labelled("negative", None), reading(3.0, [1, 8, 9]), threshold=12.0, delta=2.0, adds=True,
+                       duplicate=None, sides=sides)
+    assert unlabelled.fires == [9]
+    # by any sample (no sides): everything it fires counts, whatever its label
+    anyone = judge(labelled("positive", "ham"), reading(13.0, [1, 8, 9]), threshold=12.0, delta=4.0, adds=True,
+                   duplicate=None)
+    assert (anyone.code, anyone.fires) == ("joined", [1, 8, 9])
+
+
+def test_label_sides_names_the_label_whose_anchor_samples_carry_each_feature() -> None:
+    from facsynth.tools.sides import label_sides
+
+    anchor = [("spam", {1, 3}), ("spam", {1, 3}), ("spam", {1, 3}), ("ham", {2, 3}), ("ham", {2, 3}), ("ham", {3}), (None, {1})]
+    assert label_sides(anchor, [1, 2, 3, 4], ("spam", "ham")) == {1: "spam", 2: "ham"}  # 3 fires on both, 4 on none

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from facsynth.agent.tasks import PRESETS
-from facsynth.graph.context import label_side
+from facsynth.tools.sides import label_side
 from facsynth.graph.prompts import (
     NEGATIVE,
     POSITIVE,

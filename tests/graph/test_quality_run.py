@@ -149,3 +149,43 @@ def test_on_a_labelled_task_the_agent_asks_for_pairs_across_the_label_the_target
         assert total == (n_spam if label == "spam" else 60 - n_spam) and 2 <= hits <= total
         other = "ham" if label == "spam" else "spam"
         assert f'"{POSITIVE}": a {label} sample in the sample format' in p and f'"{NEGATIVE}": a {other} sample on the same subject' in p
+
+
+def test_by_label_the_seed_covers_less_and_every_credit_carries_the_label_its_feature_marks(
+    reader, fake_llm, tmp_path: Path
+) -> None:
+    seed, anchor, _ = _sms(tmp_path)
+    fake_llm.default = Reply(content=json.dumps({
+        POSITIVE: "WINNER! Claim your free prize now, text WIN to 80086", f"{POSITIVE}_label": "spam",
+        NEGATIVE: "Are we still meeting for lunch at noon tomorrow?", f"{NEGATIVE}_label": "ham"}))
+    llm = {"base_url": fake_llm.url, "model": "fake-model", "temperature": 0.8, "max_tokens": 320}
+    base = {"task": "sms-spam", "seed": str(seed), "anchor": str(anchor), "llm": llm, "quality": False,
+            "batch": 12, "max_attempts": 1, "budget": {"calls": 12}, "negative_min_new": 1}
+    blind, _ = prepare_run(RunConfig.model_validate(base), "blind", reader.store, reader)
+    cfg = RunConfig.model_validate({**base, "fac_by_label": True})
+    run, _ = prepare_run(cfg, "by-label", reader.store, reader)
+    sides = {int(f): lab for f, lab in run.config["setup"]["sides"].items()}
+    assert set(sides.values()) == {"spam", "ham"} and "coverage by label" in run.feature_set
+    # same F; a seed sample covers a feature only with the label it marks, so the seed covers less
+    assert run.n_relevant == blind.n_relevant and run.n_seed_covered < blind.n_seed_covered
+    execute(reader.store, "by-label", llm=LLMClient(cfg.llm, store=reader.store), reader=reader)
+    prompts = [str(r.body["messages"][-1]["content"]) for r in fake_llm.requests]
+    assert any("The theme is typical of spam samples" in p for p in prompts)  # the prompt names the side to write
+    runs = Runs(reader.store)
+    joined = runs.samples(run.id)
+    assert joined and any(s.covered for s in joined)
+    for s in joined:  # nothing was credited by a sample of the other label
+        assert all(sides.get(f, s.candidate.label) == s.candidate.label for f in s.covered), (s.candidate.label, s.covered)
+    codes = {c.code for c in runs.candidates(run.id) if c.role == "positive"}
+    assert "other_label" in codes or all(sides.get(c.feature) in (None, "spam") for c in runs.candidates(run.id))
+
+
+def test_by_label_on_a_task_without_labels_is_one_clear_error_and_stores_no_run(reader, demo_data) -> None:
+    from facsynth.errors import InputError
+
+    seed, anchor = demo_data
+    cfg = RunConfig.model_validate({"task": "instruction-following", "seed": str(seed), "anchor": str(anchor),
+                                    "fac_by_label": True})
+    with pytest.raises(InputError, match="needs a labelled task"):
+        prepare_run(cfg, "no-labels", reader.store, reader)
+    assert not [r for r in Runs(reader.store).all() if r.name == "no-labels"]
