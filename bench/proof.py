@@ -4,7 +4,7 @@ track the gain better than text metrics?
     python bench/proof.py [--task sms-spam|tweet-sentiment] [--seed-size 6] [--draws 3] [--calls 16]
                           [--size N --max-calls 60] [--writer NAME] [--relevance anchor|contrast [--both-sides]]
                           [--delta D|anchor[:Q]] [--sae SAE] [--negative-min-new N] [--arms agent,unguided]
-                          [--label-pairs] [--mixes K]
+                          [--label-pairs] [--fac-by-label] [--mixes K]
 
 Setup: a shipped labelled set: ``--task sms-spam`` (``facsynth/data/sms_spam``: real SMS,
 spam/ham, positive class spam) or ``--task tweet-sentiment`` (``facsynth/data/tweet_sentiment``:
@@ -36,7 +36,11 @@ comparison when it has that many. Then:
 - downstream: ``facsynth.evaluate`` trains the head-only probe (logistic regression on
   frozen mean-pooled hidden states) on the seed alone and on seed + each set, scored on the
   shipped test set: AUPRC with the paired gain over the seed and its bootstrap interval;
-- FAC of seed + set over the anchor's features, and of the set alone;
+- FAC of seed + set over the anchor's features, and of the set alone; FAC of seed + set
+  over the runs' own F and delta, by any sample (``fac_f_grown``) and by label
+  (``fac_by_label_grown``: a feature that marks a label on the anchor counts only on a
+  sample with that label, :mod:`facsynth.tools.sides`); ``--fac-by-label`` makes the runs
+  count coverage that way (run option ``--fac-by-label``);
 - text metrics of the set: distinct-2, self-BLEU, mean pairwise cosine distance of pooled
   hidden states;
 - across every (draw, arm) point, the Pearson r of each metric with the AUPRC gain, pooled
