@@ -87,7 +87,7 @@ from facsynth.tools.datasets import Dataset, Sample, load_dataset  # noqa: E402
 from facsynth.tools.downstream import EvalConfig  # noqa: E402
 from facsynth.tools.reader import Reader  # noqa: E402
 from facsynth.tools.quality import CopyIndex, calibrate_on, end_logprobs, text_problem  # noqa: E402
-from facsynth.tools.sides import covers, label_sides  # noqa: E402
+from facsynth.tools.sides import covers, label_sides, labels_of  # noqa: E402
 
 ARMS = ("agent", "paper", "unguided")
 LABELLED = {"sms-spam": ("sms_spam", "spam"), "tweet-sentiment": ("tweet_sentiment", "negative")}
@@ -163,13 +163,13 @@ class Reading:
 
     def __init__(self, reader: Reader, features: np.ndarray, delta: float, anchor: Dataset, labels: tuple[str, ...]) -> None:
         self.reader, self.features, self.delta = reader, {int(f) for f in features}, delta
-        read = [(s.meta.get("label"), set(sf.active(delta).tolist())) for s, (sf, _) in zip(anchor, reader.read(anchor))]
-        self.sides = label_sides([(None if lab is None else str(lab), act) for lab, act in read], sorted(self.features), labels)
+        read = [(lab, set(sf.active(delta).tolist())) for lab, (sf, _) in zip(labels_of(anchor), reader.read(anchor))]
+        self.sides = label_sides(read, sorted(self.features), labels)
 
     def fac(self, dataset: Dataset, by_label: bool) -> float:
         """The share of F that some sample of ``dataset`` covers (by label: with its own label)."""
-        covered = {int(f) for s, (sf, _) in zip(dataset, self.reader.read(dataset)) for f in sf.active(self.delta)
-                   if int(f) in self.features and (not by_label or covers(int(f), s.meta.get("label"), self.sides))}
+        covered = {int(f) for lab, (sf, _) in zip(labels_of(dataset), self.reader.read(dataset)) for f in sf.active(self.delta)
+                   if int(f) in self.features and (not by_label or covers(int(f), lab, self.sides))}
         return len(covered) / len(self.features)
 
 

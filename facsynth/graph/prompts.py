@@ -24,7 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, create_model, field_validator
 
 from facsynth.agent.tasks import TaskSpec
-from facsynth.tools.sides import LabelSide  # noqa: F401 (re-exported: the prompt's label side)
+from facsynth.tools.sides import LabelSide
 
 GENERATOR_SYSTEM = (
     "You write training data. Every sample you write must be natural, self-contained and in the requested "

@@ -37,10 +37,10 @@ from facsynth.graph.config import RunConfig, check_run_name
 from facsynth.graph.context import RunContext, open_resources
 from facsynth.graph.graph import build_graph
 from facsynth.graph.prompts import task_labels
-from facsynth.tools.datasets import Dataset, Sample, load_dataset
+from facsynth.tools.datasets import Dataset, load_dataset
 from facsynth.tools.reader import Reader
 from facsynth.tools.quality import calibrate_on
-from facsynth.tools.sides import covers, label_sides
+from facsynth.tools.sides import covers, label_sides, labels_of
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,6 @@ def _priorities(catalog: Catalog, reader_id: int, task: str, missing: list[int],
     return out
 
 
-def _label_of(sample: Sample) -> str | None:
-    value = sample.meta.get("label")
-    return None if value is None else str(value)
-
-
 def _sides_of(reader: Reader, task: TaskSpec, anchor: Dataset | None, seed: Dataset, fset: np.ndarray, delta: float) -> dict[int, str]:
     """``fac_by_label``: the label each feature of F marks on the labelled anchor (one clear
     error where the task, the anchor or the seed has no labels)."""
@@ -81,9 +76,9 @@ def _sides_of(reader: Reader, task: TaskSpec, anchor: Dataset | None, seed: Data
     if anchor is None:
         raise InputError("--fac-by-label reads which label each feature marks off a labelled anchor: give --anchor")
     for ds in (anchor, seed):
-        if not any(_label_of(s) is not None for s in ds):
+        if not any(lab is not None for lab in labels_of(ds)):
             raise InputError(f"--fac-by-label: {ds.source} has no 'label' field; label its samples ({', '.join(labels)})")
-    read = [(_label_of(s), set(sf.active(delta).tolist())) for s, (sf, _) in zip(anchor, reader.read(anchor))]
+    read = [(lab, set(sf.active(delta).tolist())) for lab, (sf, _) in zip(labels_of(anchor), reader.read(anchor))]
     return label_sides(read, fset, labels)
 
 
@@ -145,7 +140,7 @@ def prepare_run(cfg: RunConfig, name: str | None, store: Store, reader: Reader |
     sides: dict[int, str] | None = None
     if cfg.fac_by_label:  # a feature is covered by a sample with the label it marks on the anchor
         sides = _sides_of(reader, task, anchor, seed, fset, delta)
-        seed_by_label = [(_label_of(s), set(sf.active(delta).tolist())) for s, (sf, _) in zip(seed, reader.read(seed))]
+        seed_by_label = [(lab, set(sf.active(delta).tolist())) for lab, (sf, _) in zip(labels_of(seed), reader.read(seed))]
         seed_covers = {int(f) for f in fset if any(f in active and covers(f, lab, sides) for lab, active in seed_by_label)}
         missing = [int(f) for f in fset if int(f) not in seed_covers]
         how += f"; coverage by label ({len(sides)} of F's {fset.size} features mark a label on the anchor)"
