@@ -99,8 +99,10 @@ def measure(
     if task is not None:
         task_ids = task_features(reader, task)
     deltas = sorted({float(d) for d in deltas}) if deltas else [reader.default_delta]
-    counted = reader.count(data_ds, deltas, progress)
-    anchor_counted = reader.count(anchor_ds, deltas, progress) if anchor_ds is not None else None
+    d_read: list | None = [] if by_label else None  # FAC by label reads the same features again, by label
+    a_read: list | None = [] if by_label else None
+    counted = reader.count(data_ds, deltas, progress, keep=d_read)
+    anchor_counted = reader.count(anchor_ds, deltas, progress, keep=a_read) if anchor_ds is not None else None
 
     if features is not None:
         ids = read_feature_ids(features) if isinstance(features, (str, Path)) else np.unique(np.asarray(features, dtype=np.int64))
@@ -119,7 +121,8 @@ def measure(
         label = f"all {reader.sae.d_sae} SAE features"
         sets = {d: np.ones(reader.sae.d_sae, dtype=bool) for d in deltas}
     covs = [coverage(counted.counter, sets[d], d) for d in deltas]
-    labelled = _by_label(reader, data_ds, anchor_ds, sets, deltas, label_column) if by_label and anchor_ds is not None else None
+    labelled = (_by_label(reader.sae.d_sae, data_ds, d_read, anchor_ds, a_read, sets, deltas, label_column)
+                if d_read is not None and a_read is not None and anchor_ds is not None else None)
 
     texts = [s.plain_text for s in data_ds]
     vectors = np.stack(counted.pooled) if counted.pooled else None
@@ -151,18 +154,17 @@ def check_labelled(data: Dataset, anchor: Dataset | None, column: str = "label")
         raise InputError(f"--by-label: the anchor ({anchor.source}) has one label only; a feature marks a label against the others")
 
 
-def _by_label(reader: Reader, data: Dataset, anchor: Dataset, sets: dict[float, np.ndarray], deltas: list[float],
-              column: str) -> list[LabelCoverage]:
-    """FAC by label per delta: which label each feature of F marks, read off the anchor at
-    that delta; then each data sample counts only the features its label covers."""
+def _by_label(d_sae: int, data: Dataset, d_read: list, anchor: Dataset, a_read: list, sets: dict[float, np.ndarray],
+              deltas: list[float], column: str) -> list[LabelCoverage]:
+    """FAC by label per delta from the features already read (``d_read``, ``a_read``): which
+    label each feature of F marks, read off the anchor at that delta; then each data sample
+    counts only the features its label covers."""
     a_labels, d_labels = labels_of(anchor, column), labels_of(data, column)
     labels = tuple(sorted({v for v in a_labels if v is not None}))
-    a_read = [sf for sf, _ in reader.read(anchor)]
-    d_read = [sf for sf, _ in reader.read(data)]
     out = []
     for d in deltas:
-        ids = np.flatnonzero(as_mask(sets[d], reader.sae.d_sae))
+        ids = np.flatnonzero(as_mask(sets[d], d_sae))
         sides = label_sides([(lab, set(sf.active(d).tolist())) for lab, sf in zip(a_labels, a_read)], ids, labels)
-        counter = CoverageCounter(reader.sae.d_sae, [d]).update(credited_by_label(zip(d_labels, d_read), sides, d))
+        counter = CoverageCounter(d_sae, [d]).update(credited_by_label(zip(d_labels, d_read), sides, d))
         out.append(LabelCoverage(coverage=coverage(counter, sets[d], d), marks=dict(sorted(Counter(sides.values()).items()))))
     return out

@@ -186,10 +186,15 @@ class Reader:
             plan.append(todo)
         return plan
 
-    def count(self, dataset: Dataset, deltas: Sequence[float], progress: Progress | None = None) -> Counted:
-        """Fold a dataset into a :class:`CoverageCounter` in one streamed pass."""
+    def count(self, dataset: Dataset, deltas: Sequence[float], progress: Progress | None = None,
+              keep: list[SampleFeatures] | None = None) -> Counted:
+        """Fold a dataset into a :class:`CoverageCounter` in one streamed pass; ``keep``, when
+        given, also receives each sample's features in order (for a second reading of them
+        without a second pass through the model)."""
         counted = Counted(dataset, CoverageCounter(self.sae.d_sae, deltas))
         for sf, reused in self.read(dataset, progress):
+            if keep is not None:
+                keep.append(sf)
             counted.counter.add(sf)
             if sf.pooled is not None:
                 counted.pooled.append(sf.pooled)
