@@ -358,8 +358,7 @@ def main() -> None:
             base["negative_min_new"] = args.negative_min_new
         if args.label_pairs:
             base["label_pairs"] = True
-        if args.fac_by_label:
-            base["fac_by_label"] = True
+        base["fac_by_label"] = args.fac_by_label  # off unless asked: the commands in the README keep their reading
         if args.delta is not None:
             base["delta"] = args.delta
         deltas = {"deltas": [args.delta]} if args.delta is not None else {}

@@ -26,6 +26,7 @@ def test_measure_demo_end_to_end_and_reuse(tmp_path):
     assert report["data"]["n_samples"] == 60 and report["anchor"]["n_samples"] == 240
     assert report["data"]["encoded"] == 60 and report["data"]["reused"] == 0
     assert set(report["diversity"]) >= {"distinct_1", "distinct_2", "entropy_2", "self_bleu", "cosine_distance"}
+    assert report["by_label"] is None and "FAC by label" not in first.stdout  # unlabelled: by any sample only
 
     # the same data again with the same SAE: nothing is read through the model, same numbers
     second = run("measure", str(DEMO / "seed.jsonl"), "--anchor", str(DEMO / "anchor.jsonl"), "--json", str(out), cwd=tmp_path)
@@ -87,13 +88,16 @@ def test_by_label_a_cue_counts_only_on_a_sample_with_the_label_it_marks(tmp_path
     flipped.write_text("".join(json.dumps({"text": r["text"], "label": "positive" if r["label"] == "negative" else "negative"})
                                + "\n" for r in rows), encoding="utf-8")
     reports = {}
-    for name, data in (("seed", tweets / "seed.jsonl"), ("flipped", flipped)):
+    # asked for, by default where both files carry labels, and turned off
+    for name, data, flag in (("seed", tweets / "seed.jsonl", ["--by-label"]), ("flipped", flipped, []),
+                             ("off", tweets / "seed.jsonl", ["--no-by-label"])):
         out = tmp_path / f"{name}.json"
-        proc = run("measure", str(data), "--anchor", str(tweets / "anchor.jsonl"), "--by-label", "--delta", "6",
+        proc = run("measure", str(data), "--anchor", str(tweets / "anchor.jsonl"), *flag, "--delta", "6",
                    "--json", str(out), cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
-        assert "FAC by label at delta 6" in proc.stdout
+        assert ("FAC by label at delta 6" in proc.stdout) is (name != "off")
         reports[name] = json.loads(out.read_text())
+    assert reports["off"]["by_label"] is None and reports["off"]["coverage"] == reports["seed"]["coverage"]
     seed, flipped_rep = reports["seed"], reports["flipped"]
     blind, by_label = seed["coverage"][0], seed["by_label"][0]
     assert set(by_label["marks"]) == {"negative", "positive"} and by_label["coverage"]["total"] == blind["total"]

@@ -38,7 +38,7 @@ def measure_command(
     db: Optional[str] = DB,
     no_store: bool = typer.Option(False, "--no-store", help="Do not read or write stored activations."),
     show_missing: int = typer.Option(20, "--show-missing", help="Missing feature ids to print (all are in --json)."),
-    by_label: bool = typer.Option(False, "--by-label", help="Also FAC by label: a feature that marks a label on the (labelled) anchor counts as covered only by a sample with that label."),
+    by_label: Optional[bool] = typer.Option(None, "--by-label/--no-by-label", help="Also FAC by label: a feature that marks a label on the (labelled) anchor counts as covered only by a sample with that label. Default: on where the data and an anchor with two labels or more carry labels."),
     label_column: str = typer.Option("label", "--label-column", help="With --by-label: the field that holds each sample's label."),
     ray: Optional[str] = RAY,
     ray_actors: Optional[int] = RAY_ACTORS,
@@ -57,10 +57,12 @@ def measure_command(
     feature_ids = read_feature_ids(features) if features is not None else None
     if task_name is not None and features is not None:
         raise InputError("give either --task or --features, not both")
-    if by_label:
-        from facsynth.tools.measure import check_labelled
+    from facsynth.tools.measure import can_read_by_label, check_labelled
 
+    if by_label:
         check_labelled(data_ds, anchor_ds, label_column)
+    elif by_label is None:
+        by_label = can_read_by_label(data_ds, anchor_ds, label_column)
     with ExitStack() as on_ray:
         with_ray = join_ray(on_ray, ray, console)
         with console.status("loading model and SAE"):

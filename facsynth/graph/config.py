@@ -88,14 +88,16 @@ class RunConfig(BaseModel):
     the other (off: the writer picks both labels). A usable contrast sample with the other
     label joins the data whatever it covers (``negative_min_new`` does not apply to it), so
     the pair reaches the data whole. Measured on tweets (README)."""
-    fac_by_label: bool = False
+    fac_by_label: bool | None = None
     """On a labelled task, count a feature of F as covered only by a sample with the label
     it marks on the anchor (a cue of negative tweets fired by a positive tweet teaches a
     classifier nothing about negatives); features that mark no label count by any sample.
     The seed's missing list, every credit and the run's FAC follow this reading, and the
-    agent's prompt names the label (as with ``label_pairs``). Needs labels on the seed and
-    the anchor. Measured on real tweets, it is the reading of FAC that tracks the downstream
-    gain (README, bench/reading.py)."""
+    agent's prompt names the label (as with ``label_pairs``). Measured on real tweets, it is
+    the reading of FAC that tracks the downstream gain (README, bench/reading.py). Default:
+    on where it can be read (a labelled task, a seed and an anchor with its labels, two of
+    them on the anchor), by any sample otherwise; the run stores what it chose. On: one
+    clear error where it cannot be read."""
     min_words: int = Field(4, ge=1, le=200)
     """A candidate with fewer words is rejected before its activations count."""
     near_duplicate_cosine: float = Field(0.95, gt=0.0, le=1.0)

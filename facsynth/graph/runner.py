@@ -40,7 +40,7 @@ from facsynth.graph.prompts import task_labels
 from facsynth.tools.datasets import Dataset, load_dataset
 from facsynth.tools.reader import Reader
 from facsynth.tools.quality import calibrate_on
-from facsynth.tools.sides import covers, label_sides, labels_of
+from facsynth.tools.sides import covers, label_sides, labels_of, unreadable_by_label
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +67,21 @@ def _priorities(catalog: Catalog, reader_id: int, task: str, missing: list[int],
     return out
 
 
-def _sides_of(reader: Reader, task: TaskSpec, anchor: Dataset | None, seed: Dataset, fset: np.ndarray, delta: float) -> dict[int, str]:
-    """``fac_by_label``: the label each feature of F marks on the labelled anchor (one clear
-    error where the task, the anchor or the seed has no labels)."""
+def _sides_of(reader: Reader, task: TaskSpec, anchor: Dataset | None, seed: Dataset, fset: np.ndarray, delta: float,
+              asked: bool | None) -> dict[int, str] | None:
+    """``fac_by_label``: the label each feature of F marks on the labelled anchor. Asked for,
+    one clear error where the task, the anchor or the seed has no labels; by default (None),
+    None there (coverage by any sample)."""
+    if asked is False:
+        return None
     labels = task_labels(task)
-    if labels is None:
-        raise InputError(f"--fac-by-label needs a labelled task; task {task.name!r} defines no labels")
-    if anchor is None:
-        raise InputError("--fac-by-label reads which label each feature marks off a labelled anchor: give --anchor")
-    for ds in (anchor, seed):
-        if not any(lab is not None for lab in labels_of(ds)):
-            raise InputError(f"--fac-by-label: {ds.source} has no 'label' field; label its samples ({', '.join(labels)})")
+    why = (f"a labelled task; task {task.name!r} defines no labels" if labels is None
+           else unreadable_by_label(seed, anchor, data_name="the seed"))
+    if why is not None:
+        if asked:
+            raise InputError(f"--fac-by-label needs {why}" if labels is None else f"--fac-by-label: {why}")
+        return None
+    assert anchor is not None and labels is not None
     read = [(lab, set(sf.active(delta).tolist())) for lab, (sf, _) in zip(labels_of(anchor), reader.read(anchor))]
     return label_sides(read, fset, labels)
 
@@ -137,9 +141,9 @@ def prepare_run(cfg: RunConfig, name: str | None, store: Store, reader: Reader |
         )
     if fset.size == 0:
         raise InputError("the feature set is empty: the anchor fires no feature above delta")
-    sides: dict[int, str] | None = None
-    if cfg.fac_by_label:  # a feature is covered by a sample with the label it marks on the anchor
-        sides = _sides_of(reader, task, anchor, seed, fset, delta)
+    sides = _sides_of(reader, task, anchor, seed, fset, delta, cfg.fac_by_label)
+    cfg = cfg.model_copy(update={"fac_by_label": sides is not None})  # the run stores what it chose
+    if sides is not None:  # a feature is covered by a sample with the label it marks on the anchor
         seed_by_label = [(lab, set(sf.active(delta).tolist())) for lab, (sf, _) in zip(labels_of(seed), reader.read(seed))]
         seed_covers = {int(f) for f in fset if any(f in active and covers(f, lab, sides) for lab, active in seed_by_label)}
         missing = [int(f) for f in fset if int(f) not in seed_covers]

@@ -22,7 +22,7 @@ from facsynth.tools.encoder import Progress
 from facsynth.tools.fac import Coverage, CoverageCounter, as_mask, coverage, read_feature_ids
 from facsynth.tools.reader import DatasetInfo, Reader, ReaderInfo
 from facsynth.tools.relevance import task_features
-from facsynth.tools.sides import credited_by_label, label_sides, labels_of
+from facsynth.tools.sides import credited_by_label, label_sides, labels_of, unreadable_by_label
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def measure(
     reader: Reader | None = None,
     limit: int | None = None,
     progress: Progress | None = None,
-    by_label: bool = False,
+    by_label: bool | None = None,
     label_column: str = "label",
     **reader_options: object,
 ) -> MeasureReport:
@@ -83,7 +83,8 @@ def measure(
     SAE features. ``deltas``
     default to the SAE's recommended delta. ``reader_options`` go to :class:`Reader`
     when no reader is given (model, sae, layer, activation, device, dtype, store, ...).
-    ``by_label``: also FAC by label (``label_column`` of ``data`` and of the labelled ``anchor``).
+    ``by_label``: also FAC by label (``label_column`` of ``data`` and of the labelled
+    ``anchor``); default: where it can be read (both carry labels, the anchor two or more).
     """
     if anchor is not None and features is not None:
         raise InputError("give either an anchor or a feature file, not both")
@@ -94,6 +95,8 @@ def measure(
     anchor_ds = _as_dataset(anchor, limit) if anchor is not None else None
     if by_label:
         check_labelled(data_ds, anchor_ds, label_column)
+    elif by_label is None:
+        by_label = can_read_by_label(data_ds, anchor_ds, label_column)
     reader = reader or Reader(**reader_options)  # type: ignore[arg-type]
     task_ids = None
     if task is not None:
@@ -144,14 +147,15 @@ def measure(
 def check_labelled(data: Dataset, anchor: Dataset | None, column: str = "label") -> None:
     """FAC by label needs a labelled anchor (which label each feature marks) and labelled
     data: one clear error otherwise, before any model loads."""
-    if anchor is None:
-        raise InputError("--by-label reads which label each feature marks off a labelled anchor: give --anchor")
-    for ds, what in ((anchor, "the anchor"), (data, "the data")):
-        if not any(v is not None for v in labels_of(ds, column)):
-            raise InputError(f"--by-label: {what} ({ds.source}) has no {column!r} field; label its samples "
-                             "(or name the field with --label-column)")
-    if len({v.strip().lower() for v in labels_of(anchor, column) if v is not None}) < 2:
-        raise InputError(f"--by-label: the anchor ({anchor.source}) has one label only; a feature marks a label against the others")
+    why = unreadable_by_label(data, anchor, column)
+    if why is not None:
+        hint = " (or name the field with --label-column)" if "field" in why else ""
+        raise InputError(f"--by-label: {why}{hint}")
+
+
+def can_read_by_label(data: Dataset, anchor: Dataset | None, column: str = "label") -> bool:
+    """Whether FAC by label can be read (measure's default: on where it can)."""
+    return unreadable_by_label(data, anchor, column) is None
 
 
 def _by_label(d_sae: int, data: Dataset, d_read: list, anchor: Dataset, a_read: list, sets: dict[float, np.ndarray],

@@ -103,3 +103,20 @@ def credited_by_label(
         keep = np.array([sf.max_acts[i] <= delta or covers(int(f), label, sides) for i, f in enumerate(sf.feature_ids)],
                         dtype=bool)
         yield SampleFeatures(sf.sample_hash, sf.n_tokens, sf.feature_ids[keep], sf.max_acts[keep])
+
+
+def unreadable_by_label(data: Iterable[object], anchor: Iterable[object] | None, field: str = "label",
+                        data_name: str = "the data") -> str | None:
+    """Why coverage by label cannot be read for ``data`` against ``anchor`` (None: it can):
+    which label each feature marks is read off a labelled anchor with two labels or more,
+    and each sample of the data needs its own label."""
+    if anchor is None:
+        return "which label each feature marks is read off a labelled anchor: give --anchor"
+    for ds, what in ((anchor, "the anchor"), (data, data_name)):
+        if not any(v is not None for v in labels_of(ds, field)):
+            source = getattr(ds, "source", None)
+            return f"{what}{f' ({source})' if source else ''} has no {field!r} field; label its samples"
+    if len({v.strip().lower() for v in labels_of(anchor, field) if v is not None}) < 2:
+        source = getattr(anchor, "source", None)
+        return f"the anchor{f' ({source})' if source else ''} has one label only; a feature marks a label against the others"
+    return None

@@ -120,7 +120,8 @@ def test_on_a_labelled_task_the_agent_asks_for_pairs_across_the_label_the_target
     cfg = RunConfig.model_validate({
         "task": "sms-spam", "seed": str(seed), "anchor": str(anchor), "llm": llm, "quality": False,
         "max_features": 24, "batch": 24, "max_attempts": 1, "budget": {"calls": 24},
-        **({"label_pairs": True} if pairs else {}),  # off by default
+        # the writer picks both labels unless asked for pairs, and, counting by any sample, nothing names a side
+        **({"label_pairs": True} if pairs else {"fac_by_label": False}),
     })
     prepare_run(cfg, "pairs", reader.store, reader)
     execute(reader.store, "pairs", llm=LLMClient(cfg.llm, store=reader.store), reader=reader)
@@ -132,7 +133,7 @@ def test_on_a_labelled_task_the_agent_asks_for_pairs_across_the_label_the_target
     run = runs.get("pairs")
     halves = [c for c in runs.candidates(run.id) if "label pair" in (c.reason or "")]
     joined = {c.payload["text"]: c.label for s in runs.samples(run.id) for c in [s.candidate] if c.role == "negative"}
-    if not pairs:  # by default the writer picks the labels: no prompt names a side
+    if not pairs:  # the writer picks the labels: no prompt names a side
         assert not sides and not any("a spam sample in the sample format" in p or "a ham sample in the sample format" in p for p in prompts)
         assert not halves
         return
@@ -161,9 +162,11 @@ def test_by_label_the_seed_covers_less_and_every_credit_carries_the_label_its_fe
     llm = {"base_url": fake_llm.url, "model": "fake-model", "temperature": 0.8, "max_tokens": 320}
     base = {"task": "sms-spam", "seed": str(seed), "anchor": str(anchor), "llm": llm, "quality": False,
             "batch": 12, "max_attempts": 1, "budget": {"calls": 12}, "negative_min_new": 1}
-    blind, _ = prepare_run(RunConfig.model_validate(base), "blind", reader.store, reader)
-    cfg = RunConfig.model_validate({**base, "fac_by_label": True})
+    blind, _ = prepare_run(RunConfig.model_validate({**base, "fac_by_label": False}), "blind", reader.store, reader)
+    cfg = RunConfig.model_validate(base)  # by label by default: the task, the seed and the anchor carry labels
     run, _ = prepare_run(cfg, "by-label", reader.store, reader)
+    assert run.config["config"]["fac_by_label"] is True and blind.config["config"]["fac_by_label"] is False
+    assert "sides" not in blind.config["setup"]
     sides = {int(f): lab for f, lab in run.config["setup"]["sides"].items()}
     assert set(sides.values()) == {"spam", "ham"} and "coverage by label" in run.feature_set
     # same F; a seed sample covers a feature only with the label it marks, so the seed covers less
@@ -189,3 +192,7 @@ def test_by_label_on_a_task_without_labels_is_one_clear_error_and_stores_no_run(
     with pytest.raises(InputError, match="needs a labelled task"):
         prepare_run(cfg, "no-labels", reader.store, reader)
     assert not [r for r in Runs(reader.store).all() if r.name == "no-labels"]
+    # by default such a run counts by any sample, and says so in what it stores
+    run, _ = prepare_run(cfg.model_copy(update={"fac_by_label": None}), "by-default", reader.store, reader)
+    assert run.config["config"]["fac_by_label"] is False and "sides" not in run.config["setup"]
+    assert "coverage by label" not in run.feature_set
