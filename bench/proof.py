@@ -40,7 +40,8 @@ comparison when it has that many. Then:
   over the runs' own F and delta, by any sample (``fac_f_grown``) and by label
   (``fac_by_label_grown``: a feature that marks a label on the anchor counts only on a
   sample with that label, :mod:`facsynth.tools.sides`); ``--fac-by-label`` makes the runs
-  count coverage that way (run option ``--fac-by-label``);
+  count coverage that way (here off unless given, so the README's earlier commands keep
+  their reading; ``facsynth run`` counts by label by default on a labelled task);
 - text metrics of the set: distinct-2, self-BLEU, mean pairwise cosine distance of pooled
   hidden states;
 - across every (draw, arm) point, the Pearson r of each metric with the AUPRC gain, pooled
