@@ -57,12 +57,10 @@ def measure_command(
     feature_ids = read_feature_ids(features) if features is not None else None
     if task_name is not None and features is not None:
         raise InputError("give either --task or --features, not both")
-    from facsynth.tools.measure import can_read_by_label, check_labelled
+    if by_label:  # asked for: one line before the model loads where it cannot be read (None: measure decides)
+        from facsynth.tools.measure import check_labelled
 
-    if by_label:
         check_labelled(data_ds, anchor_ds, label_column)
-    elif by_label is None:
-        by_label = can_read_by_label(data_ds, anchor_ds, label_column)
     with ExitStack() as on_ray:
         with_ray = join_ray(on_ray, ray, console)
         with console.status("loading model and SAE"):
@@ -78,7 +76,7 @@ def measure_command(
     print_report(report, show_missing)
 
 
-def _measure(reader, data_ds, anchor_ds, feature_ids, task_name, delta, by_label=False, label_column="label"):  # noqa: ANN001, ANN202
+def _measure(reader, data_ds, anchor_ds, feature_ids, task_name, delta, by_label=None, label_column="label"):  # noqa: ANN001, ANN202
     """:func:`facsynth.tools.measure.measure` under a progress bar."""
     from facsynth.tools.measure import measure
 

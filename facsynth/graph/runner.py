@@ -37,6 +37,7 @@ from facsynth.graph.config import RunConfig, check_run_name
 from facsynth.graph.context import RunContext, open_resources
 from facsynth.graph.graph import build_graph
 from facsynth.graph.prompts import task_labels
+from facsynth.records import SampleFeatures
 from facsynth.tools.datasets import Dataset, load_dataset
 from facsynth.tools.reader import Reader
 from facsynth.tools.quality import calibrate_on
@@ -67,8 +68,8 @@ def _priorities(catalog: Catalog, reader_id: int, task: str, missing: list[int],
     return out
 
 
-def _sides_of(reader: Reader, task: TaskSpec, anchor: Dataset | None, seed: Dataset, fset: np.ndarray, delta: float,
-              asked: bool | None) -> dict[int, str] | None:
+def _sides_of(task: TaskSpec, anchor: Dataset | None, anchor_read: list[SampleFeatures], seed: Dataset, fset: np.ndarray,
+              delta: float, asked: bool | None) -> dict[int, str] | None:
     """``fac_by_label``: the label each feature of F marks on the labelled anchor. Asked for,
     one clear error where the task, the anchor or the seed has no labels; by default (None),
     None there (coverage by any sample)."""
@@ -82,7 +83,7 @@ def _sides_of(reader: Reader, task: TaskSpec, anchor: Dataset | None, seed: Data
             raise InputError(f"--fac-by-label needs {why}" if labels is None else f"--fac-by-label: {why}")
         return None
     assert anchor is not None and labels is not None
-    read = [(lab, set(sf.active(delta).tolist())) for lab, (sf, _) in zip(labels_of(anchor), reader.read(anchor))]
+    read = [(lab, set(sf.active(delta).tolist())) for lab, sf in zip(labels_of(anchor), anchor_read)]
     return label_sides(read, fset, labels)
 
 
@@ -110,14 +111,16 @@ def prepare_run(cfg: RunConfig, name: str | None, store: Store, reader: Reader |
         raise InputError(f"threshold {threshold:g} is below delta {delta:g}: an accepted positive would not count as active")
     rid = reader.reader_id
     assert rid is not None
-    seed_counted = reader.count(seed, [delta], progress)
+    seed_read: list[SampleFeatures] = []  # kept for coverage by label: no second read
+    anchor_read: list[SampleFeatures] = []
+    seed_counted = reader.count(seed, [delta], progress, keep=seed_read)
     seed_active = seed_counted.counter.active(delta)
     d_sae = reader.sae.d_sae
     anchor_freq = np.zeros(d_sae, dtype=np.float64)
     anchor_id = None
     relevant = catalog.relevant_features(rid, task.name)
     if anchor is not None:
-        anchor_counted = reader.count(anchor, [delta], progress)
+        anchor_counted = reader.count(anchor, [delta], progress, keep=anchor_read)
         anchor_active = anchor_counted.counter.active(delta)
         hits = anchor_counted.counter.hits[0]
         anchor_freq = hits / max(len(anchor), 1)
@@ -141,10 +144,10 @@ def prepare_run(cfg: RunConfig, name: str | None, store: Store, reader: Reader |
         )
     if fset.size == 0:
         raise InputError("the feature set is empty: the anchor fires no feature above delta")
-    sides = _sides_of(reader, task, anchor, seed, fset, delta, cfg.fac_by_label)
+    sides = _sides_of(task, anchor, anchor_read, seed, fset, delta, cfg.fac_by_label)
     cfg = cfg.model_copy(update={"fac_by_label": sides is not None})  # the run stores what it chose
     if sides is not None:  # a feature is covered by a sample with the label it marks on the anchor
-        seed_by_label = [(lab, set(sf.active(delta).tolist())) for lab, (sf, _) in zip(labels_of(seed), reader.read(seed))]
+        seed_by_label = [(lab, set(sf.active(delta).tolist())) for lab, sf in zip(labels_of(seed), seed_read)]
         seed_covers = {int(f) for f in fset if any(f in active and covers(f, lab, sides) for lab, active in seed_by_label)}
         missing = [int(f) for f in fset if int(f) not in seed_covers]
         how += f"; coverage by label ({len(sides)} of F's {fset.size} features mark a label on the anchor)"

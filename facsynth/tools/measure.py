@@ -95,8 +95,8 @@ def measure(
     anchor_ds = _as_dataset(anchor, limit) if anchor is not None else None
     if by_label:
         check_labelled(data_ds, anchor_ds, label_column)
-    elif by_label is None:
-        by_label = can_read_by_label(data_ds, anchor_ds, label_column)
+    elif by_label is None:  # where it can be read
+        by_label = unreadable_by_label(data_ds, anchor_ds, label_column) is None
     reader = reader or Reader(**reader_options)  # type: ignore[arg-type]
     task_ids = None
     if task is not None:
@@ -151,11 +151,6 @@ def check_labelled(data: Dataset, anchor: Dataset | None, column: str = "label")
     if why is not None:
         hint = " (or name the field with --label-column)" if "field" in why else ""
         raise InputError(f"--by-label: {why}{hint}")
-
-
-def can_read_by_label(data: Dataset, anchor: Dataset | None, column: str = "label") -> bool:
-    """Whether FAC by label can be read (measure's default: on where it can)."""
-    return unreadable_by_label(data, anchor, column) is None
 
 
 def _by_label(d_sae: int, data: Dataset, d_read: list, anchor: Dataset, a_read: list, sets: dict[float, np.ndarray],
